@@ -1,0 +1,327 @@
+"""The mini model: a Stable-Diffusion-shaped diffusers pipeline trained from scratch on the world.
+
+Standard classes only (UNet2DConditionModel, CLIPTextModel, CLIPTokenizer, AutoencoderKL,
+DDIMScheduler), so everything that works on it works on real SD 1.x pipelines too.
+Training is two stages: the VAE, then the UNet and text encoder together (epsilon
+prediction, cosine schedule, min-SNR weighting, EMA). Each batch is fixed by the seed and
+the step, so a resumed run sees exactly the data an uninterrupted one would.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import os
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from diffusers import AutoencoderKL, DDIMScheduler, DDPMScheduler, StableDiffusionPipeline, UNet2DConditionModel
+from tqdm.auto import tqdm
+from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
+
+from unsee.world.captions import caption_words
+from unsee.world.data import make_batch, scene_rng
+from unsee.world.render import IMAGE_SIZE
+from unsee.world.tokenizer import MAX_LENGTH, build_tokenizer
+
+VAE_STREAM, UNET_STREAM = 1, 2
+
+
+@dataclass
+class MiniConfig:
+    """Architecture and training settings of the mini model (saved beside every checkpoint)."""
+
+    seed: int = 0
+    vae_steps: int = 500
+    vae_lr: float = 1e-3
+    vae_kl_weight: float = 1e-6
+    steps: int = 3600
+    batch_size: int = 64
+    lr: float = 8e-4
+    warmup: int = 200
+    weight_decay: float = 1e-2
+    ema_decay: float = 0.999
+    min_snr_gamma: float = 5.0
+    checkpoint_every: int = 200
+    export_every: int = 600
+    unet_channels: tuple[int, ...] = (64, 128, 128)
+    vae_channels: tuple[int, ...] = (32, 64)
+    text_width: int = 128
+    text_layers: int = 3
+    text_heads: int = 4
+    heads: int = 8
+    threads: int = 0  # 0 = torch's default
+    workers: int = 0  # processes drawing batches; 0 draws in the training process
+    extra: dict = field(default_factory=dict)
+
+
+# Settings that do not change the trained weights: a run may resume with other values.
+_RUN_ONLY = ("steps", "checkpoint_every", "export_every", "workers", "threads")
+
+
+def _result_config(c: dict) -> dict:
+    return {k: v for k, v in c.items() if k not in _RUN_ONLY}
+
+
+def scheduler_config() -> dict:
+    # Cosine betas; DDIM must start at a "leading" timestep: "trailing" starts where alpha_bar ~ 0.
+    return dict(
+        num_train_timesteps=1000,
+        beta_schedule="squaredcos_cap_v2",
+        prediction_type="epsilon",
+        clip_sample=False,
+        set_alpha_to_one=False,
+        steps_offset=1,
+        timestep_spacing="leading",
+    )
+
+
+def build_components(cfg: MiniConfig) -> dict:
+    """Fresh, untrained components of the mini pipeline, initialised under ``cfg.seed``."""
+    torch.manual_seed(cfg.seed)  # module initialisers draw from the global generator
+    tokenizer = build_tokenizer(caption_words())
+    text_encoder = CLIPTextModel(
+        CLIPTextConfig(
+            vocab_size=len(tokenizer),
+            hidden_size=cfg.text_width,
+            intermediate_size=4 * cfg.text_width,
+            num_hidden_layers=cfg.text_layers,
+            num_attention_heads=cfg.text_heads,
+            max_position_embeddings=MAX_LENGTH,
+            projection_dim=cfg.text_width,
+            bos_token_id=tokenizer.bos_token_id,
+            eos_token_id=tokenizer.eos_token_id,
+            pad_token_id=tokenizer.pad_token_id,
+        )
+    )
+    n = len(cfg.vae_channels)
+    vae = AutoencoderKL(
+        in_channels=3,
+        out_channels=3,
+        down_block_types=("DownEncoderBlock2D",) * n,
+        up_block_types=("UpDecoderBlock2D",) * n,
+        block_out_channels=cfg.vae_channels,
+        layers_per_block=1,
+        latent_channels=4,
+        norm_num_groups=32,
+        sample_size=IMAGE_SIZE,
+    )
+    unet = UNet2DConditionModel(
+        sample_size=IMAGE_SIZE // 2 ** (n - 1),
+        in_channels=4,
+        out_channels=4,
+        block_out_channels=cfg.unet_channels,
+        layers_per_block=1,
+        down_block_types=("CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "DownBlock2D"),
+        up_block_types=("UpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D"),
+        cross_attention_dim=cfg.text_width,
+        attention_head_dim=cfg.heads,
+        norm_num_groups=32,
+    )
+    return dict(
+        tokenizer=tokenizer,
+        text_encoder=text_encoder,
+        vae=vae,
+        unet=unet,
+        scheduler=DDIMScheduler(**scheduler_config()),
+    )
+
+
+def make_pipeline(components: dict) -> StableDiffusionPipeline:
+    return StableDiffusionPipeline(
+        **components, safety_checker=None, feature_extractor=None, requires_safety_checker=False
+    )
+
+
+def encode_text(tokenizer: CLIPTokenizer, text_encoder: CLIPTextModel, prompts: list[str]) -> torch.Tensor:
+    ids = tokenizer(
+        prompts, padding="max_length", max_length=tokenizer.model_max_length, truncation=True, return_tensors="pt"
+    ).input_ids
+    return text_encoder(ids.to(text_encoder.device))[0]
+
+
+def _ema_update(ema: torch.nn.Module, model: torch.nn.Module, decay: float) -> None:
+    with torch.no_grad():
+        for pe, pm in zip(ema.parameters(), model.parameters()):
+            pe.lerp_(pm, 1 - decay)
+
+
+def _save_atomic(obj: dict, path: Path) -> None:
+    tmp = path.with_suffix(".tmp")
+    torch.save(obj, tmp)
+    os.replace(tmp, path)
+
+
+def export_pipeline(components: dict, out: Path, dtype: torch.dtype = torch.float16) -> None:
+    """Write a diffusers folder; fp16 on disk keeps the shipped model small, it loads as fp32."""
+    pipe = make_pipeline({k: copy.deepcopy(v) for k, v in components.items()})
+    pipe.to(dtype=dtype)
+    pipe.save_pretrained(out, safe_serialization=True)
+
+
+class _Batches(torch.utils.data.Dataset):
+    """Batch ``i`` of a stream, drawn from its own seed: workers and resumes see the same data."""
+
+    def __init__(self, seed: int, stream: int, start: int, stop: int, size: int):
+        self.seed, self.stream, self.start, self.stop, self.size = seed, stream, start, stop, size
+
+    def __len__(self) -> int:
+        return self.stop - self.start
+
+    def __getitem__(self, i: int):
+        b = make_batch(scene_rng(self.seed, self.stream, self.start + i), self.size)
+        return b.images, b.captions
+
+
+def _batches(cfg: MiniConfig, stream: int, start: int, stop: int):
+    ds = _Batches(cfg.seed, stream, start, stop, cfg.batch_size)
+    if cfg.workers == 0:
+        return (ds[i] for i in range(len(ds)))
+    return iter(torch.utils.data.DataLoader(ds, batch_size=None, num_workers=cfg.workers, prefetch_factor=4))
+
+
+def train_mini(
+    cfg: MiniConfig, out_dir: str | Path, *, resume: bool = False, progress: bool = True, device: str = "cpu"
+) -> Path:
+    """Train the mini model into ``out_dir``; returns the exported pipeline folder ``out_dir/pipeline``.
+
+    ``out_dir/checkpoint.pt`` is written every ``cfg.checkpoint_every`` steps; with ``resume``
+    training continues from it and produces the same weights as an uninterrupted run.
+    """
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    ckpt_path = out_dir / "checkpoint.pt"
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
+    comps = build_components(cfg)
+    tokenizer, text_encoder, vae, unet = comps["tokenizer"], comps["text_encoder"], comps["vae"], comps["unet"]
+    vae_opt = torch.optim.AdamW(vae.parameters(), lr=cfg.vae_lr)
+    params = list(unet.parameters()) + list(text_encoder.parameters())
+    opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    ema_unet, ema_text = copy.deepcopy(unet).requires_grad_(False), copy.deepcopy(text_encoder).requires_grad_(False)
+    for m in (vae, unet, text_encoder, ema_unet, ema_text):
+        m.to(device)
+    state = {"vae_step": 0, "step": 0, "elapsed": 0.0, "log": []}
+
+    if resume:
+        if not ckpt_path.exists():
+            raise FileNotFoundError(f"no checkpoint at {ckpt_path}; run without --resume to start training")
+        ck = torch.load(ckpt_path, map_location="cpu", weights_only=False)
+        if _result_config(ck["config"]) != _result_config(asdict(cfg)):
+            raise ValueError(f"checkpoint {ckpt_path} was made with another config; use the same flags or a new --out")
+        for name, mod in [("vae", vae), ("unet", unet), ("text_encoder", text_encoder), ("ema_unet", ema_unet),
+                          ("ema_text", ema_text), ("vae_opt", vae_opt), ("opt", opt)]:  # fmt: skip
+            mod.load_state_dict(ck[name])  # optimizer state follows its parameters' device
+        state = ck["state"]
+        if "scaling_factor" in ck:
+            vae.register_to_config(scaling_factor=ck["scaling_factor"])
+    (out_dir / "config.json").write_text(json.dumps(asdict(cfg), indent=2))
+
+    def checkpoint() -> None:
+        _save_atomic(
+            {
+                "config": asdict(cfg),
+                "state": state,
+                "vae": vae.state_dict(),
+                "unet": unet.state_dict(),
+                "text_encoder": text_encoder.state_dict(),
+                "ema_unet": ema_unet.state_dict(),
+                "ema_text": ema_text.state_dict(),
+                "vae_opt": vae_opt.state_dict(),
+                "opt": opt.state_dict(),
+                "scaling_factor": vae.config.scaling_factor,
+            },
+            ckpt_path,
+        )
+
+    # Stage 1: the VAE (a 2x autoencoder: 32x32x3 -> 16x16x4).
+    t0 = time.perf_counter() - state["elapsed"]
+    bar = tqdm(total=cfg.vae_steps, initial=state["vae_step"], desc="vae", disable=not progress)
+    vae.train()
+    for images, _ in _batches(cfg, VAE_STREAM, state["vae_step"], cfg.vae_steps):
+        s = state["vae_step"]
+        images = images.to(device)
+        # Noise is drawn on the CPU so every device sees the same draws.
+        g = torch.Generator().manual_seed(cfg.seed * 1_000_003 + s)
+        post = vae.encode(images).latent_dist
+        z = post.mean + post.std * torch.randn(post.mean.shape, generator=g).to(device)
+        rec = vae.decode(z).sample
+        loss = F.mse_loss(rec, images) + 0.5 * F.l1_loss(rec, images) + cfg.vae_kl_weight * post.kl().mean()
+        if not torch.isfinite(loss):
+            raise FloatingPointError(f"VAE loss is {loss.item()} at step {s}; lower --vae-lr")
+        vae_opt.zero_grad(set_to_none=True)
+        loss.backward()
+        vae_opt.step()
+        state["vae_step"] += 1
+        bar.update(1)
+        bar.set_postfix(loss=f"{loss.item():.4f}")
+        if state["vae_step"] % cfg.checkpoint_every == 0 or state["vae_step"] == cfg.vae_steps:
+            if state["vae_step"] == cfg.vae_steps:
+                vae.register_to_config(scaling_factor=_latent_scale(vae, cfg))
+            state["elapsed"] = time.perf_counter() - t0
+            checkpoint()
+    bar.close()
+    vae.eval().requires_grad_(False)
+
+    # Stage 2: UNet + text encoder, epsilon prediction with min-SNR-gamma weights.
+    noise_sched = DDPMScheduler(**{k: v for k, v in scheduler_config().items() if k != "set_alpha_to_one"})
+    alphas = noise_sched.alphas_cumprod
+    snr = alphas / (1 - alphas)
+    weight = (torch.clamp(snr, max=cfg.min_snr_gamma) / snr).to(device)
+    scale = vae.config.scaling_factor
+    bar = tqdm(total=cfg.steps, initial=state["step"], desc="unet", disable=not progress)
+    unet.train()
+    text_encoder.train()
+    for images, captions in _batches(cfg, UNET_STREAM, state["step"], cfg.steps):
+        s = state["step"]
+        g = torch.Generator().manual_seed(cfg.seed * 1_000_003 + 500_000 + s)
+        with torch.no_grad():
+            post = vae.encode(images.to(device)).latent_dist
+            x0 = (post.mean + post.std * torch.randn(post.mean.shape, generator=g).to(device)) * scale
+        t = torch.randint(0, noise_sched.config.num_train_timesteps, (x0.shape[0],), generator=g)
+        noise = torch.randn(x0.shape, generator=g)
+        xt = noise_sched.add_noise(x0.cpu(), noise, t).to(device)
+        noise, t = noise.to(device), t.to(device)
+        cond = encode_text(tokenizer, text_encoder, list(captions))
+        pred = unet(xt, t, cond).sample
+        loss = (weight[t] * ((pred - noise) ** 2).mean(dim=(1, 2, 3))).mean()
+        if not torch.isfinite(loss):
+            raise FloatingPointError(f"UNet loss is {loss.item()} at step {s}; lower --lr or resume from the checkpoint")
+        for group in opt.param_groups:
+            group["lr"] = cfg.lr * min(1.0, (s + 1) / cfg.warmup)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(params, 1.0)
+        opt.step()
+        _ema_update(ema_unet, unet, cfg.ema_decay)
+        _ema_update(ema_text, text_encoder, cfg.ema_decay)
+        state["step"] += 1
+        bar.update(1)
+        bar.set_postfix(loss=f"{loss.item():.4f}")
+        if state["step"] % 50 == 0:
+            state["log"].append({"step": state["step"], "loss": loss.item(), "time": time.perf_counter() - t0})
+        done = state["step"] == cfg.steps
+        if state["step"] % cfg.checkpoint_every == 0 or done:
+            state["elapsed"] = time.perf_counter() - t0
+            checkpoint()
+        if state["step"] % cfg.export_every == 0 or done:
+            export_pipeline(
+                dict(comps, unet=ema_unet, text_encoder=ema_text, vae=vae), out_dir / "pipeline"
+            )
+            (out_dir / "train_log.json").write_text(json.dumps(state["log"]))
+    bar.close()
+    (out_dir / "train_log.json").write_text(
+        json.dumps({"elapsed_s": time.perf_counter() - t0, "log": state["log"]}, indent=1)
+    )
+    return out_dir / "pipeline"
+
+
+@torch.no_grad()
+def _latent_scale(vae: AutoencoderKL, cfg: MiniConfig) -> float:
+    """1 / std of the latents, as SD's 0.18215 was chosen: unit-variance latents for the UNet."""
+    batch = make_batch(scene_rng(cfg.seed, 99, 0), 256)
+    z = vae.encode(batch.images.to(vae.device)).latent_dist.mean
+    return float(1.0 / z.std())
