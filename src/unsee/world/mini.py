@@ -10,6 +10,7 @@ the step, so a resumed run sees exactly the data an uninterrupted one would.
 from __future__ import annotations
 
 import copy
+import functools
 import json
 import os
 import time
@@ -155,8 +156,8 @@ def _save_atomic(obj: dict, path: Path) -> None:
     os.replace(tmp, path)
 
 
-def export_pipeline(components: dict, out: Path, dtype: torch.dtype = torch.float16) -> None:
-    """Write a diffusers folder; fp16 on disk keeps the shipped model small, it loads as fp32."""
+def export_pipeline(components: dict, out: Path, dtype: torch.dtype = torch.float32) -> None:
+    """Write a diffusers folder in fp32: transformers loads weights in their saved dtype."""
     pipe = make_pipeline({k: copy.deepcopy(v) for k, v in components.items()})
     pipe.to(dtype=dtype)
     pipe.save_pretrained(out, safe_serialization=True)
@@ -184,7 +185,14 @@ def _batches(cfg: MiniConfig, stream: int, start: int, stop: int):
 
 
 def train_mini(
-    cfg: MiniConfig, out_dir: str | Path, *, resume: bool = False, progress: bool = True, device: str = "cpu"
+    cfg: MiniConfig,
+    out_dir: str | Path,
+    *,
+    resume: bool = False,
+    progress: bool = True,
+    device: str = "cpu",
+    init_from: str | Path | None = None,
+    start_step: int = 0,
 ) -> Path:
     """Train the mini model into ``out_dir``; returns the exported pipeline folder ``out_dir/pipeline``.
 
@@ -218,6 +226,13 @@ def train_mini(
         state = ck["state"]
         if "scaling_factor" in ck:
             vae.register_to_config(scaling_factor=ck["scaling_factor"])
+    elif init_from is not None:
+        src = StableDiffusionPipeline.from_pretrained(init_from, dtype=torch.float32)
+        for mine, theirs in ((vae, src.vae), (unet, src.unet), (text_encoder, src.text_encoder),
+                             (ema_unet, src.unet), (ema_text, src.text_encoder)):  # fmt: skip
+            mine.load_state_dict(theirs.state_dict())
+        vae.register_to_config(scaling_factor=src.vae.config.scaling_factor)
+        state.update(vae_step=cfg.vae_steps, step=start_step, warm_from=start_step, init_from=str(init_from))
     (out_dir / "config.json").write_text(json.dumps(asdict(cfg), indent=2))
 
     def checkpoint() -> None:
@@ -267,31 +282,19 @@ def train_mini(
     vae.eval().requires_grad_(False)
 
     # Stage 2: UNet + text encoder, epsilon prediction with min-SNR-gamma weights.
-    noise_sched = DDPMScheduler(**{k: v for k, v in scheduler_config().items() if k != "set_alpha_to_one"})
-    alphas = noise_sched.alphas_cumprod
-    snr = alphas / (1 - alphas)
-    weight = (torch.clamp(snr, max=cfg.min_snr_gamma) / snr).to(device)
-    scale = vae.config.scaling_factor
+    weight = min_snr_weights(cfg.min_snr_gamma).to(device)
     bar = tqdm(total=cfg.steps, initial=state["step"], desc="unet", disable=not progress)
     unet.train()
     text_encoder.train()
     for images, captions in _batches(cfg, UNET_STREAM, state["step"], cfg.steps):
         s = state["step"]
         g = torch.Generator().manual_seed(cfg.seed * 1_000_003 + 500_000 + s)
-        with torch.no_grad():
-            post = vae.encode(images.to(device)).latent_dist
-            x0 = (post.mean + post.std * torch.randn(post.mean.shape, generator=g).to(device)) * scale
-        t = torch.randint(0, noise_sched.config.num_train_timesteps, (x0.shape[0],), generator=g)
-        noise = torch.randn(x0.shape, generator=g)
-        xt = noise_sched.add_noise(x0.cpu(), noise, t).to(device)
-        noise, t = noise.to(device), t.to(device)
-        cond = encode_text(tokenizer, text_encoder, list(captions))
-        pred = unet(xt, t, cond).sample
-        loss = (weight[t] * ((pred - noise) ** 2).mean(dim=(1, 2, 3))).mean()
+        loss = diffusion_loss(comps | {"unet": unet, "text_encoder": text_encoder, "vae": vae}, images, list(captions),
+                              weight, g)  # fmt: skip
         if not torch.isfinite(loss):
             raise FloatingPointError(f"UNet loss is {loss.item()} at step {s}; lower --lr or resume from the checkpoint")
         for group in opt.param_groups:
-            group["lr"] = cfg.lr * min(1.0, (s + 1) / cfg.warmup)
+            group["lr"] = cfg.lr * min(1.0, (s - state.get("warm_from", 0) + 1) / cfg.warmup)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(params, 1.0)
@@ -317,6 +320,37 @@ def train_mini(
         json.dumps({"elapsed_s": time.perf_counter() - t0, "log": state["log"]}, indent=1)
     )
     return out_dir / "pipeline"
+
+
+@functools.cache
+def _alphas_cumprod() -> torch.Tensor:
+    return DDPMScheduler(**{k: v for k, v in scheduler_config().items() if k != "set_alpha_to_one"}).alphas_cumprod
+
+
+def min_snr_weights(gamma: float) -> torch.Tensor:
+    """Per-timestep loss weights min(SNR, gamma) / SNR for epsilon prediction (Hang et al. 2023)."""
+    alphas = _alphas_cumprod()
+    snr = alphas / (1 - alphas)
+    return torch.clamp(snr, max=gamma) / snr
+
+
+def diffusion_loss(
+    comps: dict, images: torch.Tensor, captions: list[str], weight: torch.Tensor, generator: torch.Generator
+) -> torch.Tensor:
+    """Min-SNR-weighted epsilon MSE on a batch; all noise drawn on the CPU from ``generator``."""
+    vae, unet = comps["vae"], comps["unet"]
+    device = unet.device
+    with torch.no_grad():
+        post = vae.encode(images.to(device)).latent_dist
+        x0 = post.mean + post.std * torch.randn(post.mean.shape, generator=generator).to(device)
+        x0 = x0 * vae.config.scaling_factor
+    t = torch.randint(0, len(weight), (x0.shape[0],), generator=generator)
+    noise = torch.randn(x0.shape, generator=generator)
+    a = _alphas_cumprod()[t].view(-1, 1, 1, 1).to(device)
+    xt = a.sqrt() * x0 + (1 - a).sqrt() * noise.to(device)
+    cond = encode_text(comps["tokenizer"], comps["text_encoder"], captions)
+    pred = unet(xt, t.to(device), cond).sample
+    return (weight[t.to(device)] * ((pred - noise.to(device)) ** 2).mean(dim=(1, 2, 3))).mean()
 
 
 @torch.no_grad()

@@ -1,0 +1,148 @@
+"""unsee's own short denoising loop: DDIM with classifier-free guidance and an explicit generator.
+
+It equals ``StableDiffusionPipeline.__call__`` for the same seed and settings, and it can stop
+at an intermediate step (:func:`sample_until`) to hand back ``z_t``, which erasure needs
+(the field's reference code gets there by monkey-patching the pipeline instead).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+import torch
+from diffusers import DDIMScheduler, StableDiffusionPipeline
+from diffusers.utils.torch_utils import randn_tensor
+
+EpsFn = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
+
+
+def encode_prompts(pipe: StableDiffusionPipeline, prompts: Sequence[str]) -> torch.Tensor:
+    """Text-encoder hidden states ``(B, L, D)`` of prompts, padded to the tokenizer's length as SD does."""
+    tok = pipe.tokenizer
+    ids = tok(list(prompts), padding="max_length", max_length=tok.model_max_length, truncation=True,
+              return_tensors="pt").input_ids  # fmt: skip
+    return pipe.text_encoder(ids.to(pipe.text_encoder.device))[0]
+
+
+def ddim(pipe: StableDiffusionPipeline, steps: int) -> DDIMScheduler:
+    """A fresh DDIM scheduler from the pipeline's config with ``steps`` timesteps set."""
+    sched = DDIMScheduler.from_config(pipe.scheduler.config)
+    sched.set_timesteps(steps, device=pipe.unet.device)
+    return sched
+
+
+def latent_shape(pipe: StableDiffusionPipeline, batch: int, height: int | None = None, width: int | None = None):
+    f = pipe.vae_scale_factor
+    h = height or pipe.unet.config.sample_size * f
+    w = width or pipe.unet.config.sample_size * f
+    return (batch, pipe.unet.config.in_channels, h // f, w // f)
+
+
+def initial_latents(
+    pipe: StableDiffusionPipeline, batch: int, generator: torch.Generator | None, height: int | None = None,
+    width: int | None = None,
+) -> torch.Tensor:  # fmt: skip
+    """z_T: Gaussian latents drawn from ``generator`` (on the generator's device, as diffusers does)."""
+    z = randn_tensor(latent_shape(pipe, batch, height, width), generator=generator, device=pipe.unet.device,
+                     dtype=pipe.unet.dtype)  # fmt: skip
+    return z * ddim(pipe, 1).init_noise_sigma
+
+
+def guided_eps(
+    unet: torch.nn.Module, z: torch.Tensor, t: torch.Tensor, cond: torch.Tensor, uncond: torch.Tensor | None,
+    guidance_scale: float,
+) -> torch.Tensor:  # fmt: skip
+    """Classifier-free guided noise prediction: eps(z, "") + g (eps(z, c) - eps(z, ""))."""
+    if uncond is None or guidance_scale <= 1.0:
+        return unet(z, t, encoder_hidden_states=cond).sample
+    both = unet(torch.cat([z, z]), t, encoder_hidden_states=torch.cat([uncond, cond])).sample
+    e_u, e_c = both.chunk(2)
+    return e_u + guidance_scale * (e_c - e_u)
+
+
+def denoise(
+    unet: torch.nn.Module, sched: DDIMScheduler, z: torch.Tensor, cond: torch.Tensor, uncond: torch.Tensor | None,
+    guidance_scale: float, timesteps: torch.Tensor,
+) -> torch.Tensor:  # fmt: skip
+    """DDIM steps (eta 0) over ``timesteps`` from z."""
+    for t in timesteps:
+        eps = guided_eps(unet, sched.scale_model_input(z, t), t, cond, uncond, guidance_scale)
+        z = sched.step(eps, t, z).prev_sample
+    return z
+
+
+@dataclass(frozen=True)
+class PartialSample:
+    """z_t after ``index`` of ``steps`` DDIM steps, and the timestep t it sits at."""
+
+    z_t: torch.Tensor
+    t: torch.Tensor
+    index: int
+    steps: int
+
+
+def sample_until(
+    pipe: StableDiffusionPipeline,
+    cond: torch.Tensor,
+    until: int,
+    *,
+    steps: int,
+    guidance_scale: float,
+    generator: torch.Generator | None = None,
+    latents: torch.Tensor | None = None,
+    uncond: torch.Tensor | None = None,
+    unet: torch.nn.Module | None = None,
+) -> PartialSample:
+    """Run ``until`` of ``steps`` DDIM steps (eta 0) from z_T and return z_t with its timestep.
+
+    ``unet`` defaults to the pipeline's; erasure passes the model being trained. ``until = 0``
+    returns z_T itself at the first timestep.
+    """
+    unet = unet or pipe.unet
+    if not 0 <= until < steps:
+        raise ValueError(f"until must be in [0, {steps}), got {until}")
+    sched = ddim(pipe, steps)
+    z = latents if latents is not None else initial_latents(pipe, cond.shape[0], generator)
+    if uncond is None and guidance_scale > 1.0:
+        uncond = encode_prompts(pipe, [""]).expand(cond.shape[0], -1, -1)
+    z = denoise(unet, sched, z, cond, uncond, guidance_scale, sched.timesteps[:until])
+    return PartialSample(z_t=z, t=sched.timesteps[until], index=until, steps=steps)
+
+
+@torch.no_grad()
+def decode(pipe: StableDiffusionPipeline, z: torch.Tensor) -> torch.Tensor:
+    """Latents to images in [0, 1], ``(B, 3, H, W)`` float32."""
+    x = pipe.vae.decode(z / pipe.vae.config.scaling_factor).sample
+    return (x.float() / 2 + 0.5).clamp(0, 1)
+
+
+@torch.no_grad()
+def sample(
+    pipe: StableDiffusionPipeline,
+    prompts: Sequence[str],
+    *,
+    steps: int = 50,
+    guidance_scale: float = 7.5,
+    generator: torch.Generator | None = None,
+    latents: torch.Tensor | None = None,
+    negative_prompt: str = "",
+    batch_size: int = 64,
+    return_latents: bool = False,
+) -> torch.Tensor:
+    """Generate one image per prompt as ``(B, 3, H, W)`` in [0, 1] (or the final latents).
+
+    Prompts go through in chunks of ``batch_size``; z_T is drawn once for all prompts, so the
+    result does not depend on the chunking.
+    """
+    z_all = latents if latents is not None else initial_latents(pipe, len(prompts), generator)
+    neg = encode_prompts(pipe, [negative_prompt])
+    out = []
+    for i in range(0, len(prompts), batch_size):
+        chunk = list(prompts[i : i + batch_size])
+        cond = encode_prompts(pipe, chunk)
+        sched = ddim(pipe, steps)
+        uncond = neg.expand(len(chunk), -1, -1)
+        z = denoise(pipe.unet, sched, z_all[i : i + len(chunk)], cond, uncond, guidance_scale, sched.timesteps)
+        out.append(z if return_latents else decode(pipe, z))
+    return torch.cat(out)

@@ -1,0 +1,33 @@
+"""Shared fixtures: tiny components built in code (as diffusers' tests do) and the shipped mini model."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+import torch
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+torch.set_num_threads(min(2, torch.get_num_threads()))
+
+from unsee.world.mini import MiniConfig, build_components, make_pipeline  # noqa: E402
+
+TINY = dict(unet_channels=(32, 32, 32), vae_channels=(32, 32), text_width=32, text_layers=1, text_heads=2, heads=4,
+            batch_size=4)  # fmt: skip
+
+
+def tiny_config(**kw) -> MiniConfig:
+    return MiniConfig(**(TINY | kw))
+
+
+@pytest.fixture
+def tiny_pipe():
+    """A random-weight mini-shaped pipeline, fresh for each test."""
+    return make_pipeline(build_components(tiny_config()))
+
+
+@pytest.fixture(scope="session")
+def mini_pipe():
+    from unsee.models import load_pipeline
+
+    return load_pipeline("mini")
