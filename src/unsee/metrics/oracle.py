@@ -13,7 +13,7 @@ import torch
 from diffusers import StableDiffusionPipeline
 from tqdm.auto import tqdm
 
-from unsee.sampling import decode, ddim, denoise, encode_prompts, latent_shape
+from unsee.sampling import ddim, decode, denoise, encode_prompts, latent_shape
 from unsee.world.oracle import HEADS, Oracle
 
 

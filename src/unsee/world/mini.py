@@ -13,6 +13,7 @@ import copy
 import functools
 import json
 import os
+import shutil
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -160,7 +161,15 @@ def export_pipeline(components: dict, out: Path, dtype: torch.dtype = torch.floa
     """Write a diffusers folder in fp32: transformers loads weights in their saved dtype."""
     pipe = make_pipeline({k: copy.deepcopy(v) for k, v in components.items()})
     pipe.to(dtype=dtype)
-    pipe.save_pretrained(out, safe_serialization=True)
+    # Write beside, then swap: a run killed mid-export must not leave a folder mixing two steps.
+    out = Path(out)
+    tmp, old = out.with_name(out.name + ".tmp"), out.with_name(out.name + ".old")
+    shutil.rmtree(tmp, ignore_errors=True)
+    pipe.save_pretrained(tmp, safe_serialization=True)
+    if out.exists():
+        os.replace(out, old)
+    os.replace(tmp, out)
+    shutil.rmtree(old, ignore_errors=True)
 
 
 class _Batches(torch.utils.data.Dataset):

@@ -1,0 +1,137 @@
+"""Quality of the world's oracle and of the mini model, as judged by the oracle.
+
+Writes benchmarks/results/world_quality.{json,md}. Run: `.venv/bin/python benchmarks/world_quality.py`
+(about 3 minutes on 2 cores). `--model` evaluates another pipeline folder (e.g. a training run's export).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from collections import defaultdict
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from unsee.metrics.oracle import judge_prompts
+from unsee.models import load_pipeline, resolve, sampling_defaults
+from unsee.world import FAMILIES, OBJECTS
+from unsee.world.oracle import evaluate_oracle, load_oracle
+from unsee.world.prompts import background_set, family_set, object_colour_set, synonym_set, two_object_set
+
+RESULTS = Path(__file__).parent / "results"
+
+
+def _judge(pipe, oracle, expected, n, seed, d):
+    return judge_prompts(pipe, oracle, [e.prompt for e in expected], n=n, seed=seed, steps=d.steps,
+                         guidance_scale=d.guidance_scale, k=3, progress=True)  # fmt: skip
+
+
+def _mean(xs):
+    return float(np.mean(xs)) if xs else float("nan")
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--model", default="mini")
+    ap.add_argument("--n", type=int, default=8, help="images per prompt in the object-colour set")
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--out", default=str(RESULTS / "world_quality"))
+    args = ap.parse_args()
+    torch.set_num_threads(2)
+    t0 = time.perf_counter()
+    oracle = load_oracle()
+    report: dict = {"model": args.model, "oracle_heldout_top1": evaluate_oracle(oracle, n=4000, seed=1),
+                    "oracle_heldout_two_object_top2": evaluate_oracle(oracle, n=1000, seed=1, two_objects=True)}  # fmt: skip
+    pipe = load_pipeline(args.model)
+    d = sampling_defaults(args.model)
+    report["sampling"] = {"steps": d.steps, "guidance_scale": d.guidance_scale, "images_per_prompt": args.n}
+
+    oc = object_colour_set()
+    res = _judge(pipe, oracle, oc, args.n, args.seed, d)
+    per_obj, per_col = defaultdict(list), defaultdict(list)
+    for e, r in zip(oc, res):
+        per_obj[e.obj].append(r.rate("object", e.obj))
+        per_col[e.colour].append(r.rate("colour", e.colour))
+    report["object_top1"] = {o: _mean(v) for o, v in per_obj.items()}
+    report["colour_top1"] = {c: _mean(v) for c, v in per_col.items()}
+    report["object_top1_mean"] = _mean(list(report["object_top1"].values()))
+    report["object_top1_min"] = min(report["object_top1"].values())
+    report["colour_top1_mean"] = _mean(list(report["colour_top1"].values()))
+    report["frame_rate"] = _mean([r.rate("frame", "yes") for r in res])
+
+    bg = background_set()
+    res = _judge(pipe, oracle, bg, 4, args.seed + 1000, d)
+    per_bg = defaultdict(list)
+    for e, r in zip(bg, res):
+        per_bg[e.background].append(r.rate("background", e.background))
+    report["background_top1"] = {b: _mean(v) for b, v in per_bg.items()}
+    report["background_top1_mean"] = _mean(list(report["background_top1"].values()))
+    report["background_set_object_top1"] = _mean([r.rate("object", e.obj) for e, r in zip(bg, res)])
+
+    syn = synonym_set()
+    res = _judge(pipe, oracle, syn, 4, args.seed + 2000, d)
+    report["synonyms"] = {}
+    for e, r in zip(syn, res):
+        key = e.prompt.split(" on ")[-1] if e.background else e.prompt.split()[-1]
+        head, lab = ("background", e.background) if e.background else ("object", e.obj)
+        report["synonyms"].setdefault(key, []).append(r.rate(head, lab))
+    report["synonyms"] = {k: _mean(v) for k, v in report["synonyms"].items()}
+
+    fam = family_set()
+    res = _judge(pipe, oracle, fam, 4, args.seed + 3000, d)
+    report["family_in_family_top1"] = {}
+    for e, r in zip(fam, res):
+        hits = [row[0] in FAMILIES[e.family] for row in r.topk["object"]]
+        report["family_in_family_top1"].setdefault(e.family, []).append(_mean(hits))
+    report["family_in_family_top1"] = {k: _mean(v) for k, v in report["family_in_family_top1"].items()}
+    report["family_chance"] = {f: len(o) / len(OBJECTS) for f, o in FAMILIES.items()}
+
+    two = two_object_set()
+    res = _judge(pipe, oracle, two, 4, args.seed + 4000, d)
+    report["two_object_both_in_top2"] = _mean([_mean([{e.obj, e.second} <= set(row[:2]) for row in r.topk["object"]])
+                                               for e, r in zip(two, res)])  # fmt: skip
+    report["two_object_first_in_top2"] = _mean([r.rate("object", e.obj, k=2) for e, r in zip(two, res)])
+    info = Path(resolve(args.model)) / "unsee.json"
+    if info.exists():
+        report["training"] = json.loads(info.read_text()).get("training")
+    report["benchmark_seconds"] = time.perf_counter() - t0
+
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.with_suffix(".json").write_text(json.dumps(report, indent=2))
+    out.with_suffix(".md").write_text(to_markdown(report))
+    print(to_markdown(report))
+
+
+def to_markdown(r: dict) -> str:
+    pct = lambda x: f"{100 * x:.1f}%"  # noqa: E731
+    lines = [f"# World quality: `{r['model']}`", "",
+             f"Sampling: {r['sampling']['steps']} DDIM steps, guidance {r['sampling']['guidance_scale']}, "
+             f"{r['sampling']['images_per_prompt']} images per prompt, fixed seeds.", "",
+             "| measure | value | goal |", "|---|---|---|",
+             *[f"| oracle held-out top-1, {h} | {pct(v)} | ≥ 98% |" for h, v in r["oracle_heldout_top1"].items()],
+             f"| oracle two-object scenes, both objects in top-2 | {pct(r['oracle_heldout_two_object_top2']['object'])} | |",
+             f"| mini: object top-1, mean over objects | {pct(r['object_top1_mean'])} | ≥ 90% |",
+             f"| mini: object top-1, worst object | {pct(r['object_top1_min'])} | ≥ 75% |",
+             f"| mini: colour top-1 | {pct(r['colour_top1_mean'])} | ≥ 95% |",
+             f"| mini: background top-1 when asked | {pct(r['background_top1_mean'])} | ≥ 90% |",
+             f"| mini: object top-1 when a background is asked | {pct(r['background_set_object_top1'])} | |",
+             f"| mini: two-object prompts, both objects in top-2 | {pct(r['two_object_both_in_top2'])} | |",
+             f"| mini: frames drawn (never prompted; 15% of training images) | {pct(r['frame_rate'])} | |",
+             "", "Per object: " + ", ".join(f"{k} {pct(v)}" for k, v in r["object_top1"].items()),
+             "", "Per colour: " + ", ".join(f"{k} {pct(v)}" for k, v in r["colour_top1"].items()),
+             "", "Per background: " + ", ".join(f"{k} {pct(v)}" for k, v in r["background_top1"].items()),
+             "", "Synonyms (object or style top-1): " + ", ".join(f"{k} {pct(v)}" for k, v in r["synonyms"].items()),
+             "", "Family-word prompts, top-1 object in the family: "
+             + ", ".join(f"{k} {pct(v)} (chance {pct(r['family_chance'][k])})"
+                         for k, v in r["family_in_family_top1"].items()), ""]  # fmt: skip
+    if r.get("training"):
+        lines += ["Training: " + json.dumps(r["training"]), ""]
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    main()

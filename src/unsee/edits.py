@@ -1,0 +1,146 @@
+"""Edit: the result of an erasure — only the changed tensors, plus what made them.
+
+An edit saves as ``edit.safetensors`` + ``edit.json``, applies to a pipeline and restores it
+exactly, refuses a pipeline with another base fingerprint unless forced, and merges into a
+diffusers folder that plain ``StableDiffusionPipeline.from_pretrained`` loads.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from diffusers import StableDiffusionPipeline
+from safetensors.torch import load_file, save_file
+
+from unsee import __version__
+from unsee.models import fingerprint
+
+COMPONENTS = ("unet", "text_encoder")
+
+
+class FingerprintMismatch(ValueError):
+    """The edit was made for another base model."""
+
+
+def _split(key: str) -> tuple[str, str]:
+    comp, _, name = key.partition(".")
+    if comp not in COMPONENTS:
+        raise ValueError(f"edit tensor {key!r} must start with one of {COMPONENTS}")
+    return comp, name
+
+
+@dataclass(frozen=True)
+class Edit:
+    """Changed tensors (``"unet.<param>"`` -> fp32 tensor) and their provenance."""
+
+    method: str
+    config: dict[str, Any]
+    concepts: tuple[str, ...]
+    base_fingerprint: str
+    seed: int | None
+    tensors: dict[str, torch.Tensor] = field(repr=False)
+    info: dict[str, Any] = field(default_factory=dict)
+    unsee_version: str = __version__
+
+    @property
+    def num_changed(self) -> int:
+        return sum(t.numel() for t in self.tensors.values())
+
+    # -- files ---------------------------------------------------------------------------
+    def save(self, folder: str | Path) -> Path:
+        folder = Path(folder)
+        folder.mkdir(parents=True, exist_ok=True)
+        save_file({k: v.detach().cpu().contiguous() for k, v in self.tensors.items()}, folder / "edit.safetensors")
+        meta = {
+            "method": self.method,
+            "config": self.config,
+            "concepts": list(self.concepts),
+            "base_fingerprint": self.base_fingerprint,
+            "seed": self.seed,
+            "unsee_version": self.unsee_version,
+            "num_changed": self.num_changed,
+            "info": self.info,
+        }
+        (folder / "edit.json").write_text(json.dumps(meta, indent=2))
+        return folder
+
+    @classmethod
+    def load(cls, folder: str | Path) -> Edit:
+        folder = Path(folder)
+        if not (folder / "edit.json").exists():
+            raise FileNotFoundError(f"no edit at {folder} (edit.json missing); make one with `unsee erase --out {folder}`")
+        meta = json.loads((folder / "edit.json").read_text())
+        return cls(
+            method=meta["method"],
+            config=meta["config"],
+            concepts=tuple(meta["concepts"]),
+            base_fingerprint=meta["base_fingerprint"],
+            seed=meta["seed"],
+            tensors=load_file(folder / "edit.safetensors"),
+            info=meta.get("info", {}),
+            unsee_version=meta.get("unsee_version", "?"),
+        )
+
+    # -- pipelines -----------------------------------------------------------------------
+    def check(self, pipe: StableDiffusionPipeline, force: bool = False) -> None:
+        fp = fingerprint(pipe)
+        if fp != self.base_fingerprint and not force:
+            raise FingerprintMismatch(
+                f"this edit was made for base model {self.base_fingerprint}, not {fp}; load that model or pass --force"
+            )
+
+    def apply(self, pipe: StableDiffusionPipeline, *, force: bool = False, check: bool = True) -> Undo:
+        """Write the edit's tensors into ``pipe`` in place (in the pipeline's dtype); returns an :class:`Undo`."""
+        if check:
+            self.check(pipe, force)
+        params = {c: dict(getattr(pipe, c).named_parameters()) for c in COMPONENTS}
+        saved = {}
+        with torch.no_grad():
+            for key, value in self.tensors.items():
+                comp, name = _split(key)
+                if name not in params[comp]:
+                    raise ValueError(f"edit changes {key}, which this pipeline does not have; it is for another architecture")
+                p = params[comp][name]
+                if p.shape != value.shape:
+                    raise ValueError(f"edit tensor {key} has shape {tuple(value.shape)}, the pipeline {tuple(p.shape)}")
+                saved[key] = p.detach().clone()
+                p.copy_(value.to(p.device, p.dtype))
+        return Undo(pipe, saved)
+
+    @contextmanager
+    def applied(self, pipe: StableDiffusionPipeline, *, force: bool = False) -> Iterator[StableDiffusionPipeline]:
+        undo = self.apply(pipe, force=force)
+        try:
+            yield pipe
+        finally:
+            undo.restore()
+
+    def merge(self, pipe: StableDiffusionPipeline, out: str | Path, *, force: bool = False) -> Path:
+        """Write ``pipe`` with this edit applied as a diffusers folder; ``pipe`` itself is left unchanged."""
+        with self.applied(pipe, force=force):
+            pipe.save_pretrained(out, safe_serialization=True)
+        (Path(out) / "unsee_edit.json").write_text(json.dumps({"method": self.method, "concepts": list(self.concepts),
+                                                               "base_fingerprint": self.base_fingerprint}, indent=2))  # fmt: skip
+        return Path(out)
+
+
+@dataclass
+class Undo:
+    """The original values of the tensors an edit overwrote."""
+
+    pipe: StableDiffusionPipeline
+    originals: dict[str, torch.Tensor]
+
+    def restore(self) -> None:
+        params = {c: dict(getattr(self.pipe, c).named_parameters()) for c in COMPONENTS}
+        with torch.no_grad():
+            for key, value in self.originals.items():
+                comp, name = _split(key)
+                params[comp][name].copy_(value)
+        self.originals = {}

@@ -1,0 +1,309 @@
+"""What every fine-tuning eraser shares: its config, the trained parameter sets, z_t sampling,
+checkpoints, and the registry behind ``erase(pipe, concepts, cfg, generator) -> Edit``.
+
+One UNet module serves as both the frozen model eps_theta and the model being trained
+eps_theta': the trained tensors live outside it and enter through ``torch.func.functional_call``,
+so memory holds one UNet plus the trained subset (the published code holds two full UNets).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any, ClassVar, Literal
+
+import torch
+from diffusers import StableDiffusionPipeline
+from torch.func import functional_call
+from tqdm.auto import tqdm
+
+from unsee.edits import Edit
+from unsee.models import fingerprint
+from unsee.sampling import encode_prompts, sample_until
+
+ParamSet = Literal["xattn", "noxattn", "selfattn", "full"]
+PARAM_SETS: tuple[str, ...] = ("xattn", "noxattn", "selfattn", "full")
+
+
+@dataclass
+class MethodConfig:
+    """Settings shared by the fine-tuning erasers (ESD's defaults, tuned on the mini model)."""
+
+    params: ParamSet = "xattn"
+    """Trained UNet parameters: ``xattn`` cross-attention (ESD-x), ``noxattn`` all but cross-attention,
+    time embedding and output layers (ESD-u), ``selfattn``, ``full``."""
+    iterations: int = 150
+    lr: float = 1e-4
+    batch_size: int = 4
+    eta: float = 1.0
+    """Negative guidance: the target is eps(z, "") - eta (eps(z, c_e) - eps(z, ""))."""
+    ddim_steps: int = 10
+    """z_t comes from t_index ~ U{0..ddim_steps-1} DDIM steps of the model being trained."""
+    sample_guidance: float = 3.0
+    template: str = "{}"
+    """How a concept becomes a prompt, e.g. ``"a {}"``."""
+    allow_split: bool = False
+    """Allow concepts whose words the tokenizer splits into pieces (real SD vocabularies often do)."""
+
+    name: ClassVar[str] = "?"
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"method": self.name, **asdict(self)}
+
+    def __post_init__(self) -> None:
+        if self.params not in PARAM_SETS:
+            raise ValueError(f"unknown parameter set {self.params!r}; use one of: {', '.join(PARAM_SETS)}")
+        for f in ("iterations", "batch_size", "ddim_steps"):
+            if getattr(self, f) < 1:
+                raise ValueError(f"{f} must be at least 1, got {getattr(self, f)}")
+
+
+EraseFn = Callable[..., Edit]
+_REGISTRY: dict[str, tuple[type[MethodConfig], EraseFn]] = {}
+
+
+def register(name: str, config_cls: type[MethodConfig]) -> Callable[[EraseFn], EraseFn]:
+    """Register an erasure method under ``name`` with its config class."""
+
+    def deco(fn: EraseFn) -> EraseFn:
+        if name in _REGISTRY:
+            raise ValueError(f"method {name!r} is already registered")
+        config_cls.name = name
+        _REGISTRY[name] = (config_cls, fn)
+        return fn
+
+    return deco
+
+
+def methods() -> list[str]:
+    return sorted(_REGISTRY)
+
+
+def config_class(name: str) -> type[MethodConfig]:
+    if name not in _REGISTRY:
+        raise ValueError(f"unknown method {name!r}; available: {', '.join(methods())}")
+    return _REGISTRY[name][0]
+
+
+def make_config(name: str, **overrides: Any) -> MethodConfig:
+    cls = config_class(name)
+    known = {f.name for f in dataclasses.fields(cls)}
+    bad = set(overrides) - known
+    if bad:
+        raise ValueError(f"{name} has no setting {', '.join(sorted(bad))}; settings: {', '.join(sorted(known))}")
+    return cls(**overrides)
+
+
+def config_from_dict(d: dict[str, Any]) -> MethodConfig:
+    d = dict(d)
+    return make_config(d.pop("method"), **{k: tuple(v) if isinstance(v, list) else v for k, v in d.items()})
+
+
+@dataclass
+class Run:
+    """Where a long erasure checkpoints, and whether it resumes."""
+
+    dir: Path | None = None
+    checkpoint_every: int = 50
+    resume: bool = False
+    progress: bool = True
+
+
+def erase(
+    pipe: StableDiffusionPipeline,
+    concepts: str | Sequence[str],
+    cfg: MethodConfig,
+    generator: torch.Generator | None = None,
+    *,
+    run: Run | None = None,
+) -> Edit:
+    """Erase ``concepts`` from ``pipe`` with the method ``cfg`` names; ``pipe`` is left unchanged."""
+    concepts = [concepts] if isinstance(concepts, str) else list(concepts)
+    check_concepts(pipe, concepts, cfg)
+    fn = _REGISTRY[cfg.name][1]
+    return fn(pipe, concepts, cfg, generator if generator is not None else torch.Generator().manual_seed(0),
+              run=run or Run(progress=False))  # fmt: skip
+
+
+def check_concepts(pipe: StableDiffusionPipeline, concepts: Sequence[str], cfg: MethodConfig) -> None:
+    if not concepts:
+        raise ValueError("no concept given; pass at least one --concept")
+    tok = pipe.tokenizer
+    for c in concepts:
+        if not c or not c.strip():
+            raise ValueError("empty concept; pass a word or phrase the model knows, e.g. --concept circle")
+        if cfg.allow_split:
+            continue
+        for word in c.split():
+            pieces = tok.tokenize(word)
+            if len(pieces) != 1:
+                raise ValueError(
+                    f"the tokenizer splits {word!r} into {len(pieces)} pieces ({' '.join(pieces)}): the model has no word "
+                    "for it; use a word it knows, or pass --allow-split to erase the pieces together"
+                )
+
+
+def select_params(unet: torch.nn.Module, which: str) -> list[str]:
+    """Names of the UNet parameters a parameter set trains (ESD's definitions)."""
+    names = [n for n, _ in unet.named_parameters()]
+    if which == "xattn":
+        return [n for n in names if "attn2" in n]
+    if which == "selfattn":
+        return [n for n in names if "attn1" in n]
+    if which == "noxattn":
+        return [n for n in names if "attn2" not in n and not n.startswith(("time_embedding", "conv_out", "conv_norm_out"))]
+    if which == "full":
+        return names
+    raise ValueError(f"unknown parameter set {which!r}; use one of: {', '.join(PARAM_SETS)}")
+
+
+class TrainedUNet:
+    """eps_theta': the pipeline's UNet evaluated with trained fp32 tensors in place of its own."""
+
+    def __init__(self, unet: torch.nn.Module, params: dict[str, torch.nn.Parameter]):
+        self.unet, self.params = unet, params
+
+    def __call__(self, z: torch.Tensor, t: torch.Tensor, encoder_hidden_states: torch.Tensor):
+        dtype = self.unet.dtype
+        over = {n: p.to(dtype) for n, p in self.params.items()}  # masters stay fp32; the forward follows the pipe
+        return functional_call(self.unet, over, (z, t), {"encoder_hidden_states": encoder_hidden_states})
+
+
+class Trainer:
+    """The loop shared by the erasers: trained tensors, Adam, z_t draws, checkpoints, the Edit."""
+
+    def __init__(self, pipe: StableDiffusionPipeline, concepts: Sequence[str], cfg: MethodConfig,
+                 generator: torch.Generator, run: Run):  # fmt: skip
+        self.pipe, self.cfg, self.g, self.run = pipe, cfg, generator, run
+        self.concepts = list(concepts)
+        self.seed = generator.initial_seed()
+        self.unet = pipe.unet
+        self.unet.requires_grad_(False)
+        pipe.text_encoder.requires_grad_(False)
+        names = set(select_params(self.unet, cfg.params))
+        self.params = {n: torch.nn.Parameter(p.detach().float().clone())
+                       for n, p in self.unet.named_parameters() if n in names}  # fmt: skip
+        self.trained = TrainedUNet(self.unet, self.params)
+        self.opt = torch.optim.Adam(self.params.values(), lr=cfg.lr)
+        self.extras: dict[str, Any] = {}  # method state that must survive a resume (logits, optimizers)
+        self.iteration = 0
+        self.log: list[dict[str, float]] = []
+        self.elapsed = 0.0
+        self.base_fingerprint = fingerprint(pipe)
+        with torch.no_grad():
+            self.c_e = encode_prompts(pipe, [cfg.template.format(c) for c in self.concepts])
+            self.uncond = encode_prompts(pipe, [""])
+
+    # -- model outputs -------------------------------------------------------------------
+    @torch.no_grad()
+    def eps_frozen(self, z: torch.Tensor, t: torch.Tensor, cond: torch.Tensor) -> torch.Tensor:
+        return self.unet(z, t, encoder_hidden_states=cond).sample
+
+    def eps_trained(self, z: torch.Tensor, t: torch.Tensor, cond: torch.Tensor) -> torch.Tensor:
+        return self.trained(z, t, cond).sample
+
+    def draw_concepts(self, n: int) -> torch.Tensor:
+        """Indices of the erased concepts for a batch (each concept in turn when there are several)."""
+        return torch.randint(len(self.concepts), (n,), generator=self.g)
+
+    @torch.no_grad()
+    def draw_zt(self, cond: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """z_t by partial DDIM of the model being trained on ``cond`` from fresh z_T, at a random step."""
+        k = int(torch.randint(self.cfg.ddim_steps, (1,), generator=self.g))
+        part = sample_until(self.pipe, cond, k, steps=self.cfg.ddim_steps, guidance_scale=self.cfg.sample_guidance,
+                            generator=self.g, uncond=self.uncond.expand(len(cond), -1, -1), unet=self.trained)  # fmt: skip
+        return part.z_t, part.t
+
+    # -- loop ----------------------------------------------------------------------------
+    def train(self, step: Callable[[int], dict[str, torch.Tensor]], desc: str) -> None:
+        """Run ``step(i)`` (returns the loss terms; ``"loss"`` is minimised) for the configured iterations."""
+        self._maybe_resume()
+        bar = tqdm(total=self.cfg.iterations, initial=self.iteration, desc=desc, disable=not self.run.progress)
+        t0 = time.perf_counter() - self.elapsed
+        while self.iteration < self.cfg.iterations:
+            terms = step(self.iteration)
+            loss = terms["loss"]
+            if not torch.isfinite(loss):
+                raise FloatingPointError(
+                    f"{desc} loss is {loss.item()} at iteration {self.iteration}; lower --lr (now {self.cfg.lr})"
+                )
+            self.opt.zero_grad(set_to_none=True)
+            for hook in self.extras.get("_zero_grad", []):
+                hook()
+            loss.backward()
+            self.opt.step()
+            for hook in self.extras.get("_after_backward", []):
+                hook()
+            self.iteration += 1
+            if self.iteration % 10 == 0 or self.iteration == self.cfg.iterations:
+                self.log.append({"iteration": self.iteration, **{k: float(v.detach()) for k, v in terms.items()}})
+            bar.update(1)
+            bar.set_postfix(loss=f"{loss.item():.4f}")
+            self.elapsed = time.perf_counter() - t0
+            if self.run.dir is not None and self.iteration % self.run.checkpoint_every == 0:
+                self._checkpoint()
+        bar.close()
+
+    def _state(self) -> dict[str, Any]:
+        ext = {k: (v.state_dict() if hasattr(v, "state_dict") else v) for k, v in self.extras.items() if not k.startswith("_")}
+        return {"config": self.cfg.to_dict(), "concepts": self.concepts, "iteration": self.iteration,
+                "params": {n: p.detach() for n, p in self.params.items()}, "opt": self.opt.state_dict(),
+                "generator": self.g.get_state(), "extras": ext, "log": self.log, "elapsed": self.elapsed,
+                "base_fingerprint": self.base_fingerprint}  # fmt: skip
+
+    def _checkpoint(self) -> None:
+        path = self.run.dir / "checkpoint.pt"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        torch.save(self._state(), path.with_suffix(".tmp"))
+        os.replace(path.with_suffix(".tmp"), path)
+
+    def _maybe_resume(self) -> None:
+        if not self.run.resume:
+            return
+        path = None if self.run.dir is None else self.run.dir / "checkpoint.pt"
+        if path is None or not path.exists():
+            raise FileNotFoundError(f"no checkpoint at {path}; run without --resume to start the erasure")
+        ck = torch.load(path, map_location="cpu", weights_only=False)
+        def comparable(c: dict) -> dict:  # JSON turns tuples into lists; iterations may grow on resume
+            return {k: v for k, v in json.loads(json.dumps(c)).items() if k != "iterations"}
+
+        same = comparable(ck["config"]) == comparable(self.cfg.to_dict())
+        if not same or ck["concepts"] != self.concepts:
+            raise ValueError(f"checkpoint {path} is for another erasure (method, settings or concepts); use a new --out")
+        if ck["base_fingerprint"] != self.base_fingerprint:
+            raise ValueError(f"checkpoint {path} was made on another base model; load that model or use a new --out")
+        with torch.no_grad():
+            for n, p in self.params.items():
+                p.copy_(ck["params"][n])
+        self.opt.load_state_dict(ck["opt"])
+        self.g.set_state(ck["generator"])
+        for k, v in ck["extras"].items():
+            cur = self.extras.get(k)
+            if hasattr(cur, "load_state_dict"):
+                cur.load_state_dict(v)
+            elif isinstance(cur, torch.Tensor):
+                with torch.no_grad():
+                    cur.copy_(v)
+            else:
+                self.extras[k] = v
+        self.iteration, self.log, self.elapsed = ck["iteration"], ck["log"], ck["elapsed"]
+
+    def edit(self, info: dict[str, Any] | None = None) -> Edit:
+        return Edit(
+            method=self.cfg.name,
+            config=json.loads(json.dumps(self.cfg.to_dict())),
+            concepts=tuple(self.concepts),
+            base_fingerprint=self.base_fingerprint,
+            seed=self.seed,
+            tensors={f"unet.{n}": p.detach().cpu().float().clone() for n, p in self.params.items()},
+            info={"seconds": self.elapsed, "log": self.log, **(info or {})},
+        )
+
+
+def mse(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    return torch.nn.functional.mse_loss(a.float(), b.float())

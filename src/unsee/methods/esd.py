@@ -1,0 +1,40 @@
+"""ESD (Gandikota et al., ICCV 2023): steer eps(z, c_e) to negatively guided eps(z, "")."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import torch
+from diffusers import StableDiffusionPipeline
+
+from unsee.edits import Edit
+from unsee.methods.base import MethodConfig, Run, Trainer, mse, register
+
+
+@dataclass
+class ESDConfig(MethodConfig):
+    """ESD-x by default (cross-attention only); ``params="noxattn"`` is ESD-u."""
+
+
+def esd_loss(tr: Trainer, idx: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """L_ESD = ||eps'(z_t, c_e) - [eps(z_t, "") - eta (eps(z_t, c_e) - eps(z_t, ""))]||^2; also returns z_t, t, e0."""
+    c_e = tr.c_e[idx]
+    z, t = tr.draw_zt(c_e)
+    e0 = tr.eps_frozen(z, t, tr.uncond.expand(len(idx), -1, -1))
+    e_p = tr.eps_frozen(z, t, c_e)
+    target = e0 - tr.cfg.eta * (e_p - e0)
+    return mse(tr.eps_trained(z, t, c_e), target), z, t, e0
+
+
+@register("esd", ESDConfig)
+def erase_esd(pipe: StableDiffusionPipeline, concepts: Sequence[str], cfg: ESDConfig, generator: torch.Generator,
+              *, run: Run) -> Edit:  # fmt: skip
+    tr = Trainer(pipe, concepts, cfg, generator, run)
+
+    def step(_: int) -> dict[str, torch.Tensor]:
+        loss, *_ = esd_loss(tr, tr.draw_concepts(cfg.batch_size))
+        return {"loss": loss}
+
+    tr.train(step, "esd")
+    return tr.edit()

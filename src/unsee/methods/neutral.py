@@ -1,0 +1,43 @@
+"""The neutral baseline, equation (1): erase towards c_n and preserve c_n.
+
+min_theta' E_{c_e} ||eps'(c_e) - eps(c_n)||^2 + lambda ||eps'(c_n) - eps(c_n)||^2
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import torch
+from diffusers import StableDiffusionPipeline
+
+from unsee.edits import Edit
+from unsee.methods.base import MethodConfig, Run, Trainer, mse, register
+from unsee.sampling import encode_prompts
+
+
+@dataclass
+class NeutralConfig(MethodConfig):
+    c_n: str = ""
+    """The neutral target and preserved concept ("" or e.g. "a picture")."""
+    lambda_: float = 1.0
+
+
+@register("neutral", NeutralConfig)
+def erase_neutral(pipe: StableDiffusionPipeline, concepts: Sequence[str], cfg: NeutralConfig,
+                  generator: torch.Generator, *, run: Run) -> Edit:  # fmt: skip
+    tr = Trainer(pipe, concepts, cfg, generator, run)
+    with torch.no_grad():
+        c_n = encode_prompts(pipe, [cfg.c_n])
+
+    def step(_: int) -> dict[str, torch.Tensor]:
+        idx = tr.draw_concepts(cfg.batch_size)
+        c_e, cn = tr.c_e[idx], c_n.expand(len(idx), -1, -1)
+        z, t = tr.draw_zt(c_e)
+        target = tr.eps_frozen(z, t, cn)
+        l1 = mse(tr.eps_trained(z, t, c_e), target)
+        l2 = mse(tr.eps_trained(z, t, cn), target)
+        return {"loss": l1 + cfg.lambda_ * l2, "l_erase": l1.detach(), "l_preserve": l2.detach()}
+
+    tr.train(step, "neutral")
+    return tr.edit()

@@ -1,0 +1,74 @@
+"""The mini model: loads with plain diffusers, and its trainer learns, checkpoints and resumes."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from diffusers import StableDiffusionPipeline
+
+from conftest import tiny_config
+from unsee.models import BUNDLED, folder_size
+from unsee.world.data import make_batch, scene_rng
+from unsee.world.mini import build_components, diffusion_loss, min_snr_weights, train_mini
+
+
+def test_shipped_pipeline_loads_with_plain_diffusers_and_generates():
+    path = BUNDLED["mini"]
+    assert folder_size(path) <= 30 * 2**20
+    pipe = StableDiffusionPipeline.from_pretrained(path)
+    assert pipe.unet.dtype == torch.float32 and pipe.text_encoder.dtype == torch.float32
+    out = pipe("a red circle", num_inference_steps=2, guidance_scale=6.0, generator=torch.Generator().manual_seed(0),
+               output_type="np")  # fmt: skip
+    img = out.images[0]
+    assert img.shape == (32, 32, 3) and 0 <= img.min() and img.max() <= 1
+
+
+def _fixed_loss(comps) -> float:
+    batch = make_batch(scene_rng(0, 77, 0), 16)
+    with torch.no_grad():
+        return diffusion_loss(comps, batch.images, batch.captions, min_snr_weights(5.0), torch.Generator().manual_seed(1)).item()
+
+
+def test_a_few_training_steps_lower_the_loss(tmp_path):
+    cfg = tiny_config(vae_steps=4, steps=25, lr=2e-3, warmup=5, export_every=25, checkpoint_every=1000)
+    before = build_components(cfg)
+    train_mini(cfg, tmp_path, progress=False)
+    ck = torch.load(tmp_path / "checkpoint.pt", weights_only=False)
+    after = build_components(cfg)
+    after["vae"].load_state_dict(ck["vae"])
+    after["vae"].register_to_config(scaling_factor=ck["scaling_factor"])
+    before["vae"] = after["vae"]  # same VAE: the comparison is about the UNet and text encoder
+    after["unet"].load_state_dict(ck["unet"])
+    after["text_encoder"].load_state_dict(ck["text_encoder"])
+    assert _fixed_loss(after) < 0.8 * _fixed_loss(before)
+    assert (tmp_path / "pipeline" / "model_index.json").exists()
+
+
+def test_interrupted_run_resumes_to_the_same_weights(tmp_path):
+    cfg = tiny_config(vae_steps=3, steps=4, checkpoint_every=2, export_every=100)
+    train_mini(cfg, tmp_path / "straight", progress=False)
+    # An interrupted run: stop after 2 UNet steps (the checkpoint at step 2), then resume to 4.
+    train_mini(tiny_config(vae_steps=3, steps=2, checkpoint_every=2, export_every=100), tmp_path / "split",
+               progress=False)  # fmt: skip
+    train_mini(cfg, tmp_path / "split", resume=True, progress=False)
+    a = torch.load(tmp_path / "straight" / "checkpoint.pt", weights_only=False)
+    b = torch.load(tmp_path / "split" / "checkpoint.pt", weights_only=False)
+    assert a["state"]["step"] == b["state"]["step"] == 4
+    for key in ("unet", "text_encoder", "ema_unet", "vae"):
+        for name, t in a[key].items():
+            torch.testing.assert_close(b[key][name], t, rtol=0, atol=0, msg=f"{key}.{name}")
+
+
+def test_resume_refuses_another_config(tmp_path):
+    train_mini(tiny_config(vae_steps=2, steps=1, checkpoint_every=1), tmp_path, progress=False)
+    with pytest.raises(ValueError, match="another config"):
+        train_mini(tiny_config(vae_steps=2, steps=2, lr=1e-5), tmp_path, resume=True, progress=False)
+    with pytest.raises(FileNotFoundError, match="without --resume"):
+        train_mini(tiny_config(), tmp_path / "empty", resume=True, progress=False)
+
+
+def test_shipped_model_records_how_it_was_trained():
+    info = json.loads((BUNDLED["mini"] / "unsee.json").read_text())
+    assert info["sampling"]["steps"] > 0 and info["training"]["steps"] > 0
