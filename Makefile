@@ -17,7 +17,7 @@ $(BIN)/unsee: pyproject.toml
 setup: $(BIN)/unsee
 
 demo: setup
-	$(BIN)/unsee generate --model mini --prompt "a red circle" --prompt "a blue star on a checkered background" --n 8 --seed 0 --out out/demo.png
+	$(BIN)/unsee erase --model mini --method eap --concept circle --template "a {}" --out out/circle
 
 test: setup
 	$(BIN)/ruff check src tests benchmarks

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import time
 
 from PIL import Image
@@ -41,3 +42,33 @@ def test_world_sample_grid(tmp_path):
     out = tmp_path / "world.png"
     assert main(["world", "sample", "--out", str(out), "--n", "8"]) == 0
     assert Image.open(out).width == 8 * 128
+
+
+def test_erase_apply_generate_evaluate_end_to_end(tmp_path):
+    edit = tmp_path / "edit"
+    assert main(["erase", "--model", "mini", "--method", "esd", "--concept", "circle", "--out", str(edit),
+                 "--iterations", "2", "--set", "batch_size=1", "--set", "ddim_steps=2"]) == 0  # fmt: skip
+    assert (edit / "edit.safetensors").exists() and (edit / "before_after.png").exists()
+    meta = json.loads((edit / "edit.json").read_text())
+    assert meta["method"] == "esd" and meta["concepts"] == ["circle"] and meta["config"]["batch_size"] == 1
+    assert main(["generate", "--edit", str(edit), "--prompt", "a red circle", "--n", "2", "--out",
+                 str(tmp_path / "g.png")]) == 0  # fmt: skip
+    assert main(["apply", str(edit), "--model", "mini", "--out", str(tmp_path / "merged")]) == 0
+    assert (tmp_path / "merged" / "model_index.json").exists()
+    assert main(["evaluate", "--edit", str(edit), "--n", "1", "--out", str(tmp_path / "ev.json")]) == 0
+    scores = json.loads((tmp_path / "ev.json").read_text())["scores"]
+    assert 0 <= scores["ESR-1"] <= 1 and 0 <= scores["PSR-1"] <= 1
+
+
+def test_erase_resumes_and_refuses_bad_input(tmp_path, capsys):
+    edit = tmp_path / "edit"
+    args = ["erase", "--method", "esd", "--concept", "circle", "--out", str(edit), "--no-preview",
+            "--set", "batch_size=1", "--set", "ddim_steps=2", "--checkpoint-every", "1"]  # fmt: skip
+    assert main(args + ["--iterations", "1"]) == 0
+    assert (edit / "checkpoint.pt").exists()
+    assert main(args + ["--iterations", "2", "--resume"]) == 0
+    assert json.loads((edit / "edit.json").read_text())["info"]["log"][-1]["iteration"] == 2
+    capsys.readouterr()
+    assert main(["erase", "--concept", "zebra", "--out", str(tmp_path / "z"), "--no-preview"]) == 2
+    assert "--allow-split" in capsys.readouterr().err
+    assert main(["erase", "--concept", "circle", "--out", str(tmp_path / "x"), "--set", "colour=1"]) == 2

@@ -82,6 +82,10 @@ def _generate(args: argparse.Namespace) -> None:
     from unsee.sampling import sample
 
     pipe = load_pipeline(args.model, device=args.device)
+    if args.edit:
+        from unsee.edits import Edit
+
+        Edit.load(args.edit).apply(pipe, force=args.force)
     d = sampling_defaults(args.model)
     steps, guidance = args.steps or d.steps, args.guidance if args.guidance is not None else d.guidance_scale
     prompts = [p for p in args.prompt for _ in range(args.n)]
@@ -95,6 +99,164 @@ def _generate(args: argparse.Namespace) -> None:
         folder = Path(args.out).with_suffix("")
         save_images(images, folder, [f"{i:03d}" for i in range(len(prompts))])
         print(f"wrote {len(prompts)} images to {folder}/")
+
+
+def _parse_set(items: list[str]) -> dict:
+    import json
+
+    out = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep:
+            raise ValueError(f"--set takes key=value, got {item!r}")
+        try:
+            out[key.replace("-", "_")] = json.loads(value)
+        except json.JSONDecodeError:
+            out[key.replace("-", "_")] = value
+        if isinstance(out[key.replace("-", "_")], list):
+            out[key.replace("-", "_")] = tuple(out[key.replace("-", "_")])
+    return out
+
+
+def _erase(args: argparse.Namespace) -> None:
+    import json
+
+    import torch
+
+    from unsee.images import image_grid
+    from unsee.methods import Run, erase, make_config
+    from unsee.models import load_pipeline, sampling_defaults
+    from unsee.sampling import sample
+
+    overrides = _parse_set(args.set)
+    for name in ("iterations", "lr", "params", "template"):
+        if getattr(args, name) is not None:
+            overrides[name] = getattr(args, name)
+    cfg = make_config(args.method, **overrides)
+    pipe = load_pipeline(args.model, device=args.device)
+    out = Path(args.out)
+    g = torch.Generator().manual_seed(args.seed)
+    edit = erase(pipe, args.concept, cfg, g, run=Run(out, args.checkpoint_every, args.resume, progress=True))
+    edit.save(out)
+    (out / "command.json").write_text(json.dumps(vars(args) | {"func": None}, indent=2, default=str))
+    print(f"edit written to {out} ({edit.num_changed:,} changed weights, {edit.info['seconds']:.0f} s)")
+    if args.no_preview:
+        return
+    d = sampling_defaults(args.model)
+    prompts = args.preview_prompt or _preview_prompts(args.model, args.concept)
+    n = 4
+    batch = [p for p in prompts for _ in range(n)]
+    seed = lambda: torch.Generator(args.device).manual_seed(args.seed)  # noqa: E731
+    before = sample(pipe, batch, steps=d.steps, guidance_scale=d.guidance_scale, generator=seed())
+    with edit.applied(pipe):
+        after = sample(pipe, batch, steps=d.steps, guidance_scale=d.guidance_scale, generator=seed())
+    rows = [im for i in range(len(prompts)) for im in (before[i * n : (i + 1) * n], after[i * n : (i + 1) * n])]
+    labels = [f"{tag}: {p}" for p in prompts for tag in ("before", "after")]
+    grid = image_grid(torch.cat(rows), cols=n, cell=96, row_labels=labels,
+                      title=f"{args.method} erasing {', '.join(args.concept)} (same seeds before and after)")  # fmt: skip
+    grid.save(out / "before_after.png")
+    print(f"before/after grid: {out / 'before_after.png'}")
+
+
+def _preview_prompts(model: str, concepts: list[str]) -> list[str]:
+    from unsee.world import OBJECTS
+
+    prompts = [f"a {c}" if c[0] not in "aeiou" else f"an {c}" for c in concepts]
+    if model == "mini":
+        prompts += [f"a blue {o}" for o in OBJECTS if o not in concepts][:2]
+    return prompts
+
+
+def _add_erase(sub: argparse._SubParsersAction) -> None:
+    from unsee.methods import methods
+
+    er = sub.add_parser("erase", help="erase concepts; writes an edit folder and a before/after grid")
+    er.add_argument("--model", default="mini")
+    er.add_argument("--method", default="eap", choices=methods())
+    er.add_argument("--concept", action="append", required=True, help="repeat to erase several at once")
+    er.add_argument("--out", required=True, help="edit folder (edit.safetensors, edit.json, checkpoint.pt)")
+    er.add_argument("--seed", type=int, default=0)
+    er.add_argument("--iterations", type=int, default=None)
+    er.add_argument("--lr", type=float, default=None)
+    er.add_argument("--params", default=None, help="xattn | noxattn | selfattn | full")
+    er.add_argument("--template", default=None, help='prompt for a concept, e.g. "a {}"')
+    er.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="any other method setting")
+    er.add_argument("--checkpoint-every", type=int, default=50)
+    er.add_argument("--resume", action="store_true", help="continue from OUT/checkpoint.pt")
+    er.add_argument("--preview-prompt", action="append", default=None)
+    er.add_argument("--no-preview", action="store_true")
+    er.add_argument("--device", default="cpu")
+    er.set_defaults(func=_erase)
+
+
+def _apply(args: argparse.Namespace) -> None:
+    from unsee.edits import Edit
+    from unsee.models import load_pipeline
+
+    out = Edit.load(args.edit).merge(load_pipeline(args.model), args.out, force=args.force)
+    print(f"merged diffusers pipeline written to {out}")
+
+
+def _add_apply(sub: argparse._SubParsersAction) -> None:
+    ap = sub.add_parser("apply", help="merge an edit into a model and write a diffusers folder")
+    ap.add_argument("edit")
+    ap.add_argument("--model", default="mini")
+    ap.add_argument("--out", required=True)
+    ap.add_argument("--force", action="store_true", help="apply an edit made for another base model")
+    ap.set_defaults(func=_apply)
+
+
+def _evaluate(args: argparse.Namespace) -> None:
+    import json
+
+    from unsee.edits import Edit
+    from unsee.metrics.protocols import Sampling, class_rates, judge_objects, object_scores, style_scores
+    from unsee.models import load_pipeline, sampling_defaults
+    from unsee.world import BACKGROUNDS, OBJECTS
+    from unsee.world.oracle import load_oracle
+
+    pipe = load_pipeline(args.model)
+    oracle = load_oracle()
+    d = sampling_defaults(args.model)
+    s = Sampling(n=args.n, seed=args.seed, steps=d.steps, guidance_scale=d.guidance_scale)
+    concepts: list[str] = list(args.concept or [])
+    if args.edit:
+        edit = Edit.load(args.edit)
+        edit.apply(pipe, force=args.force)
+        concepts = concepts or list(edit.concepts)
+    report: dict = {"model": args.model, "edit": args.edit, "protocol": args.protocol, "sampling": vars(s)}
+    if args.protocol == "objects":
+        erased = [c for c in concepts if c in OBJECTS]
+        if not erased:
+            raise ValueError(f"the objects protocol needs erased objects; pass --concept from: {', '.join(OBJECTS)}")
+        rates = class_rates(judge_objects(pipe, oracle, OBJECTS, s, progress=True))
+        report |= {"erased": erased, "scores": object_scores(rates, erased), "per_class": rates}
+        rows = [f"| {k} | {100 * v:.1f}% |" for k, v in report["scores"].items()]
+    else:
+        style = next((c for c in concepts if c in BACKGROUNDS), None)
+        if style is None:
+            raise ValueError(f"the style protocol needs an erased style; pass --concept from: {', '.join(BACKGROUNDS)}")
+        report |= {"style": style, "scores": style_scores(pipe, oracle, style, s)}
+        rows = [f"| {k} | {100 * v:.1f}% |" for k, v in report["scores"].items()]
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.with_suffix(".json").write_text(json.dumps(report, indent=2))
+    md = "\n".join([f"# {args.protocol}: {args.edit or args.model}", "", "| measure | value |", "|---|---|", *rows, ""])
+    out.with_suffix(".md").write_text(md)
+    print(md)
+
+
+def _add_evaluate(sub: argparse._SubParsersAction) -> None:
+    ev = sub.add_parser("evaluate", help="oracle-judged erasure metrics on the mini world (JSON + Markdown)")
+    ev.add_argument("--model", default="mini")
+    ev.add_argument("--edit", default=None)
+    ev.add_argument("--protocol", choices=["objects", "style"], default="objects")
+    ev.add_argument("--concept", action="append", default=None, help="erased concepts (default: the edit's)")
+    ev.add_argument("--n", type=int, default=4, help="images per prompt")
+    ev.add_argument("--seed", type=int, default=0)
+    ev.add_argument("--out", default="out/evaluation.json")
+    ev.add_argument("--force", action="store_true")
+    ev.set_defaults(func=_evaluate)
 
 
 def _models(args: argparse.Namespace) -> None:
@@ -119,7 +281,12 @@ def build_parser() -> argparse.ArgumentParser:
     gen.add_argument("--out", default="grid.png")
     gen.add_argument("--save-each", action="store_true", help="also write each image to OUT-without-suffix/")
     gen.add_argument("--device", default="cpu")
+    gen.add_argument("--edit", default=None, help="apply this edit folder first")
+    gen.add_argument("--force", action="store_true", help="apply an edit made for another base model")
     gen.set_defaults(func=_generate)
+    _add_erase(sub)
+    _add_apply(sub)
+    _add_evaluate(sub)
     mod = sub.add_parser("models", help="list the bundled models")
     mod.set_defaults(func=_models)
     _add_world(sub)

@@ -214,7 +214,7 @@ def train_mini(
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     comps = build_components(cfg)
-    tokenizer, text_encoder, vae, unet = comps["tokenizer"], comps["text_encoder"], comps["vae"], comps["unet"]
+    text_encoder, vae, unet = comps["text_encoder"], comps["vae"], comps["unet"]
     vae_opt = torch.optim.AdamW(vae.parameters(), lr=cfg.vae_lr)
     params = list(unet.parameters()) + list(text_encoder.parameters())
     opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
