@@ -88,7 +88,8 @@ def adversary_candidates(
     vocab: Vocabulary, c_e: torch.Tensor, exclude: Sequence[str], *, k_nearest: int, n_centres: int
 ) -> Vocabulary:
     """EAP's R: the ``k_nearest`` words closest (L2) to any c_e, then the word nearest each of
-    ``n_centres`` 1-D k-means centres of their distances, so R spans near to far concepts."""
+    ``n_centres`` 1-D k-means centres of their distances, so R spans near to far concepts (and
+    always holds the nearest)."""
     keep = [i for i, w in enumerate(vocab.words) if w not in set(exclude)]
     emb = vocab.embeddings[keep].flatten(1)
     d = torch.cdist(emb.float(), c_e.flatten(1).float().to(emb.device)).min(dim=1).values
@@ -96,10 +97,12 @@ def adversary_candidates(
     if n_centres >= len(near):
         chosen = near.tolist()
     else:
-        centres = _kmeans_1d(d[near].cpu().double(), n_centres)
+        centres = _kmeans_1d(d[near].cpu().double(), n_centres).sort().values
         chosen = []
         for c in centres:
             j = int(near[(d[near].cpu().double() - c).abs().argmin()])
             if j not in chosen:
                 chosen.append(j)
+        if int(near[0]) not in chosen:  # the most similar concept stands for the nearest cluster
+            chosen[0] = int(near[0])
     return vocab.subset([vocab.words[keep[j]] for j in chosen])

@@ -28,7 +28,7 @@ class EAPConfig(MethodConfig):
     lambda_: float = 1.0
     k_nearest: int = 1000
     """Keep the K vocabulary words nearest (L2, full text embeddings) to any erased concept..."""
-    n_centres: int = 20
+    n_centres: int = 100
     """...then the word nearest each of this many 1-D k-means centres of their distances: |R|."""
     temperature: float = 2.0
     hard: bool = True

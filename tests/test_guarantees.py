@@ -1,0 +1,73 @@
+"""The guarantees themselves, on the mini model and judged by the oracle: erasure removes the
+concept and leaves an unrelated one; the vocabulary search and protocol arithmetic hold."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from unsee.concepts.vocab import _kmeans_1d, adversary_candidates, build_vocabulary
+from unsee.methods import erase, make_config
+from unsee.methods.eap import gumbel_softmax
+from unsee.metrics.oracle import judge_prompts
+from unsee.metrics.protocols import object_scores
+from unsee.world.oracle import load_oracle
+
+
+@pytest.mark.parametrize("method", ["esd", "eap"])
+def test_erasure_removes_the_concept_and_keeps_an_unrelated_one(mini_pipe, method):
+    oracle = load_oracle()
+    prompts = ["a red circle", "a blue circle", "a green star", "a pink star"]
+
+    def rates():
+        r = judge_prompts(mini_pipe, oracle, prompts, n=4, seed=11)
+        return sum(x.rate("object", "circle") for x in r[:2]) / 2, sum(x.rate("object", "star") for x in r[2:]) / 2
+
+    circle0, star0 = rates()
+    assert circle0 >= 0.75 and star0 >= 0.75, "the base model draws both"
+    cfg = make_config(method, iterations=40, lr=1e-3, batch_size=2, template="a {}", n_centres=10) if method == "eap" \
+        else make_config(method, iterations=40, lr=1e-3, batch_size=2, template="a {}")
+    edit = erase(mini_pipe, ["circle"], cfg, torch.Generator().manual_seed(0))
+    with edit.applied(mini_pipe):
+        circle1, star1 = rates()
+    assert circle1 <= 0.25, f"circle survived {method}: {circle1}"
+    assert star1 >= 0.6, f"{method} damaged the unrelated star: {star1}"
+
+
+def test_adversary_candidates_exclude_and_span(mini_pipe):
+    vocab = build_vocabulary(mini_pipe, template="a {}")
+    c_e = vocab.subset(["circle"]).embeddings
+    R = adversary_candidates(vocab, c_e, ["circle", "disk"], k_nearest=1000, n_centres=8)
+    assert 1 <= len(R) <= 8 and "circle" not in R.words and "disk" not in R.words
+    d = (vocab.embeddings - c_e).flatten(1).norm(dim=-1)
+    nearest_other = min((float(v), w) for v, w in zip(d, vocab.words) if w not in ("circle", "disk"))[1]
+    assert nearest_other in R.words, "the most similar concept is always a candidate"
+    all_R = adversary_candidates(vocab, c_e, ["circle"], k_nearest=1000, n_centres=1000)
+    assert len(all_R) == len(vocab) - 1
+
+
+def test_kmeans_1d_is_deterministic_and_separates_clusters():
+    x = torch.tensor([0.0, 0.1, 0.2, 5.0, 5.1, 9.9, 10.0], dtype=torch.float64)
+    c = _kmeans_1d(x, 3)
+    assert torch.equal(c, _kmeans_1d(x, 3))
+    assert torch.allclose(c, torch.tensor([0.1, 5.05, 9.95], dtype=torch.float64))
+
+
+def test_gumbel_softmax_is_seeded_one_hot_and_differentiable():
+    logits = torch.zeros(6, requires_grad=True)
+    a = gumbel_softmax(logits, 5, 2.0, True, torch.Generator().manual_seed(0))
+    b = gumbel_softmax(logits, 5, 2.0, True, torch.Generator().manual_seed(0))
+    assert torch.equal(a, b) and torch.equal(a.detach().sum(-1), torch.ones(5))
+    assert set(a.detach().unique().tolist()) <= {0.0, 1.0}
+    (a * torch.arange(6.0)).sum().backward()
+    assert logits.grad is not None and logits.grad.abs().sum() > 0
+    soft = gumbel_softmax(logits.detach(), 1000, 1.0, False, torch.Generator().manual_seed(1))
+    assert torch.allclose(soft.mean(0), torch.full((6,), 1 / 6), atol=0.03), "uniform logits draw uniformly"
+
+
+def test_object_scores_arithmetic():
+    rates = {o: {"top1": v, "top3": min(1.0, v + 0.2), "colour_top1": 1.0}
+             for o, v in zip("abcd", [0.0, 0.5, 1.0, 0.8])}  # fmt: skip
+    s = object_scores(rates, ["a", "b"])
+    assert s["ESR-1"] == pytest.approx(0.75) and s["PSR-1"] == pytest.approx(0.9)
+    assert s["ESR-3"] == pytest.approx(0.55) and s["PSR-3"] == pytest.approx(1.0)
