@@ -259,6 +259,49 @@ def _add_evaluate(sub: argparse._SubParsersAction) -> None:
     ev.set_defaults(func=_evaluate)
 
 
+def _spectrum(args: argparse.Namespace) -> None:
+    import json
+
+    from unsee.concepts.vocab import build_vocabulary
+    from unsee.edits import Edit
+    from unsee.impact.spectrum import make_draws, plot_spectrum, spectrum
+    from unsee.models import load_pipeline
+    from unsee.world.captions import NEUTRAL_PROMPTS
+
+    pipe = load_pipeline(args.model)
+    edit = Edit.load(args.edit) if args.edit else None
+    words = args.words or None
+    vocab = build_vocabulary(pipe, words, template=args.template, cache_dir=args.cache)
+    if args.neutral:  # the neutral prompts ride along so the plot can show where they fall
+        extra = [w for w in NEUTRAL_PROMPTS if w not in vocab.words]
+        vocab = build_vocabulary(pipe, list(vocab.words) + extra, template="{}", cache_dir=args.cache) if extra else vocab
+    draws = make_draws(pipe, args.draws, seed=args.seed)
+    spec = spectrum(pipe, edit, vocab, draws, cache_dir=args.cache, force=args.force)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "spectrum.json").write_text(json.dumps(spec.to_dict(), indent=2))
+    plot_spectrum(spec, out / "spectrum.png")
+    order = spec.order()
+    print("most affected: " + ", ".join(f"{w} ({s:.4f})" for w, s in order[:8]))
+    print("least affected: " + ", ".join(f"{w} ({s:.4f})" for w, s in order[-5:]))
+    print(f"wrote {out / 'spectrum.json'} and {out / 'spectrum.png'}")
+
+
+def _add_spectrum(sub: argparse._SubParsersAction) -> None:
+    sp = sub.add_parser("spectrum", help="the sensitivity spectrum of an edit over a vocabulary (JSON + plot)")
+    sp.add_argument("--model", default="mini")
+    sp.add_argument("--edit", default=None, help="edit folder (default: the identity edit)")
+    sp.add_argument("--words", nargs="*", default=None, help="vocabulary (default: the tokenizer's words)")
+    sp.add_argument("--template", default="{}")
+    sp.add_argument("--neutral", action="store_true", help="add the neutral prompts to the vocabulary")
+    sp.add_argument("--draws", type=int, default=8, help="fixed (z_t, t) draws")
+    sp.add_argument("--seed", type=int, default=0)
+    sp.add_argument("--cache", default=str(Path.home() / ".cache" / "unsee"), help="where base outputs are cached")
+    sp.add_argument("--out", default="out/spectrum")
+    sp.add_argument("--force", action="store_true")
+    sp.set_defaults(func=_spectrum)
+
+
 def _models(args: argparse.Namespace) -> None:
     from unsee.models import BUNDLED, folder_size
 
@@ -287,6 +330,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_erase(sub)
     _add_apply(sub)
     _add_evaluate(sub)
+    _add_spectrum(sub)
     mod = sub.add_parser("models", help="list the bundled models")
     mod.set_defaults(func=_models)
     _add_world(sub)
