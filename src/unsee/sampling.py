@@ -17,12 +17,16 @@ from diffusers.utils.torch_utils import randn_tensor
 EpsFn = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
 
 
-def encode_prompts(pipe: StableDiffusionPipeline, prompts: Sequence[str]) -> torch.Tensor:
+def encode_text(tokenizer, text_encoder: torch.nn.Module, prompts: Sequence[str]) -> torch.Tensor:
     """Text-encoder hidden states ``(B, L, D)`` of prompts, padded to the tokenizer's length as SD does."""
-    tok = pipe.tokenizer
-    ids = tok(list(prompts), padding="max_length", max_length=tok.model_max_length, truncation=True,
-              return_tensors="pt").input_ids  # fmt: skip
-    return pipe.text_encoder(ids.to(pipe.text_encoder.device))[0]
+    ids = tokenizer(list(prompts), padding="max_length", max_length=tokenizer.model_max_length, truncation=True,
+                    return_tensors="pt").input_ids  # fmt: skip
+    return text_encoder(ids.to(text_encoder.device))[0]
+
+
+def encode_prompts(pipe: StableDiffusionPipeline, prompts: Sequence[str]) -> torch.Tensor:
+    """:func:`encode_text` with the pipeline's tokenizer and text encoder."""
+    return encode_text(pipe.tokenizer, pipe.text_encoder, prompts)
 
 
 def ddim(pipe: StableDiffusionPipeline, steps: int) -> DDIMScheduler:
