@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import pytest
-import torch
 
 from unsee.world.data import make_batch, scene_rng
 from unsee.world.oracle import HEADS, evaluate_oracle, load_oracle
@@ -32,12 +31,6 @@ def test_oracle_sees_the_drawn_attributes(oracle):
     assert sum(r == ["hexagon"] for r in top["object"]) >= 15
     assert all(r == ["purple"] for r in top["colour"])
     assert all(r == ["striped"] for r in top["background"])
-
-
-def test_oracle_is_not_fooled_by_noise(oracle):
-    noise = torch.rand(64, 3, 32, 32, generator=torch.Generator().manual_seed(0))
-    p = oracle.probs(noise)["object"]
-    assert p.max(-1).values.mean() < 0.9, "pure noise should not be read confidently as one object"
 
 
 def test_missing_oracle_names_the_fix(tmp_path):
