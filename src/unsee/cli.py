@@ -102,19 +102,19 @@ def _generate(args: argparse.Namespace) -> None:
 
 
 def _parse_set(items: list[str]) -> dict:
+    """``--set key=value`` pairs; values are JSON when they parse (numbers, lists, booleans), else strings."""
     import json
 
     out = {}
     for item in items:
-        key, sep, value = item.partition("=")
+        key, sep, raw = item.partition("=")
         if not sep:
             raise ValueError(f"--set takes key=value, got {item!r}")
         try:
-            out[key.replace("-", "_")] = json.loads(value)
+            value = json.loads(raw)
         except json.JSONDecodeError:
-            out[key.replace("-", "_")] = value
-        if isinstance(out[key.replace("-", "_")], list):
-            out[key.replace("-", "_")] = tuple(out[key.replace("-", "_")])
+            value = raw
+        out[key.replace("-", "_")] = tuple(value) if isinstance(value, list) else value
     return out
 
 
