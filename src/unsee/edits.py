@@ -89,8 +89,10 @@ class Edit:
 
     # -- pipelines -----------------------------------------------------------------------
     def check(self, pipe: StableDiffusionPipeline, force: bool = False) -> None:
+        if force:  # hashing every weight is the expensive part; forced applies skip it
+            return
         fp = fingerprint(pipe)
-        if fp != self.base_fingerprint and not force:
+        if fp != self.base_fingerprint:
             raise FingerprintMismatch(
                 f"this edit was made for base model {self.base_fingerprint}, not {fp}; load that model or pass --force"
             )

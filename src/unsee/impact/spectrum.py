@@ -165,6 +165,7 @@ def spectrum(
 def spectrum_plain_loop(pipe: StableDiffusionPipeline, edit: Edit, words: Sequence[str], draws: Draws,
                         template: str = "{}") -> Spectrum:  # fmt: skip
     """The same scores the naive way: per concept and draw, base and edited outputs, no cache, no batching."""
+    edit.check(pipe)  # once: the reference loop should time the UNet, not the fingerprint
     scores = []
     for w in words:
         cond = encode_prompts(pipe, [template.format(w)])
@@ -172,8 +173,9 @@ def spectrum_plain_loop(pipe: StableDiffusionPipeline, edit: Edit, words: Sequen
         for j in range(len(draws.t)):
             z, t = draws.z_t[j : j + 1], draws.t[j]
             e0 = pipe.unet(z, t, encoder_hidden_states=cond).sample
-            with edit.applied(pipe, force=True):
-                e1 = pipe.unet(z, t, encoder_hidden_states=cond).sample
+            undo = edit.apply(pipe, check=False)
+            e1 = pipe.unet(z, t, encoder_hidden_states=cond).sample
+            undo.restore()
             diffs.append(((e1 - e0) ** 2).mean())
         scores.append(-torch.stack(diffs).mean())
     return Spectrum(tuple(words), torch.stack(scores), tuple(edit.concepts), edit.method)
