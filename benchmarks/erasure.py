@@ -38,8 +38,19 @@ SETTINGS: dict[str, tuple[str, dict]] = {
     "eap": ("eap", dict(eta=1.0, lambda_=1.0, k_nearest=1000, n_centres=100, temperature=2.0, hard=True, logit_lr=1e-2)),
     "eap-pgd": ("eap-pgd", dict(eta=1.0, lambda_=1.0, pgd_lr=1e-2)),
     # EAP evaluating the preserved concept on the erased concept's z_t: one partial DDIM fewer.
-    "eap-shared": ("eap", dict(eta=1.0, lambda_=1.0, k_nearest=1000, n_centres=100, temperature=2.0, hard=True,
-                               logit_lr=1e-2, adversary_latents="shared")),
+    "eap-shared": (
+        "eap",
+        dict(
+            eta=1.0,
+            lambda_=1.0,
+            k_nearest=1000,
+            n_centres=100,
+            temperature=2.0,
+            hard=True,
+            logit_lr=1e-2,
+            adversary_latents="shared",
+        ),
+    ),
 }
 
 
@@ -138,8 +149,10 @@ def style_rows(pipe, oracle, s: Sampling, args, common: dict, parts: Path) -> di
 def summarise(rows: dict[str, list[dict]], common: dict, args: argparse.Namespace) -> dict:
     keys = ["ESR-1", "ESR-3", "PSR-1", "PSR-3", "colour_preserved"]
     base_psr = np.mean([r["PSR-1"] for r in rows["base"]])
-    table = ["| method | ESR-1 | ESR-3 | PSR-1 | PSR-3 | colour (preserved) | PSR-1 loss | s / erasure |",
-             "|---|---|---|---|---|---|---|---|"]
+    table = [
+        "| method | ESR-1 | ESR-3 | PSR-1 | PSR-3 | colour (preserved) | PSR-1 loss | s / erasure |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
     summary = {}
     for m, rs in rows.items():
         loss = base_psr - np.mean([r["PSR-1"] for r in rs])

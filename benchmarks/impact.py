@@ -1,15 +1,22 @@
 """The talk's impact observations, measured on the mini world (issue: impact analysis).
 
-For each erased concept (10 objects, 8 colours, 4 styles; ESD-x, one concept at a time) the
-sensitivity spectrum over the vocabulary of concept prompts, then:
-  a. does erasing an object affect its own family more than other families (ratio of mean impact)?
-  b. where do the neutral prompts ("", "a picture", "an image", "a photo") fall (percentile)?
+Every concept of the world (10 objects, 8 colours, 4 styles) is erased alone with ESD-x, and each
+edit's sensitivity spectrum is taken over the whole concept vocabulary (the tokenizer's words and
+the neutral prompts). From those 22 spectra:
+  a. does erasing an object affect its own family more than the other families (mean-impact ratio)?
+     And why not, where it does not: do family members share words / text embeddings?
+  b. where do the neutral prompts fall in each spectrum (percentile, 0 = most affected)?
+  c. which preserved concept keeps the rest best: the most sensitive, a mid-spectrum one, or ""
+     (equation 1 with that c_n), as PSR-1 on the other objects;
   d. how well does text-embedding similarity predict impact (Spearman; pooled and full embeddings)?
-  e. the spectrum against the empirical impact (oracle accuracy drop over the 10 objects, Spearman);
-  f. the learned impact predictor f_phi(c_i, c_j) on held-out erased concepts vs the text baseline;
-  s. speed: one spectrum with a warm cache, and against a plain per-concept loop.
-Edits are saved as they finish, so an interrupted run continues. Writes benchmarks/results/impact.{json,md,png}.
-Run: `.venv/bin/python benchmarks/impact.py`.
+  e. the spectrum against empirical impact (same seeds through both models: image distance and the
+     oracle's accuracy drop; Spearman);
+  f. the impact predictor f_phi (Idea 2) on held-out erased concepts vs text similarity;
+  s. speed: one spectrum with a warm cache vs a plain per-concept loop, same run.
+Edits, spectra and measurements are saved as they finish, so an interrupted run continues.
+Writes benchmarks/results/impact.{json,md} and impact_*.png; ``--ship`` also writes the predictor
+trained on all 22 erasures to src/unsee/assets/impact_predictor (used by ``eap --adversary predicted``).
+Run: `.venv/bin/python benchmarks/impact.py [--ship]`.
 """
 
 from __future__ import annotations
@@ -23,210 +30,282 @@ import numpy as np
 import torch
 from scipy.stats import spearmanr
 
-from unsee.concepts.vocab import Vocabulary, build_vocabulary, model_words
 from unsee.edits import Edit
-from unsee.impact.spectrum import make_draws, plot_spectrum, spectrum, spectrum_plain_loop
+from unsee.impact.empirical import empirical_impact, extremes_grid, oracle_label
+from unsee.impact.predictor import (
+    PredictorConfig,
+    concept_features,
+    impact_targets,
+    pair_features,
+    train_predictor,
+)
+from unsee.impact.spectrum import (
+    Spectrum,
+    concept_prompt,
+    concept_vocabulary,
+    make_draws,
+    plot_spectrum,
+    spectrum,
+    spectrum_plain_loop,
+)
 from unsee.methods import erase, make_config
 from unsee.metrics.protocols import Sampling, class_rates, judge_objects
-from unsee.models import load_pipeline
+from unsee.models import fingerprint, load_pipeline
 from unsee.world import BACKGROUNDS, COLOUR_NAMES, FAMILIES, FAMILY_OF, NEUTRAL_PROMPTS, OBJECTS
-from unsee.world.captions import with_article
 from unsee.world.oracle import load_oracle
 
 RESULTS = Path(__file__).parent / "results"
+SHIP = Path(__file__).resolve().parent.parent / "src" / "unsee" / "assets" / "impact_predictor"
 ERASE = dict(params="xattn", iterations=80, lr=3e-4, batch_size=4, template="a {}")
 HELD_OUT = ("ring", "hexagon", "cross", "teal", "pink", "dotted")
+FOLDS = 4
+EMPIRICAL = ("circle", "square", "arrow", "star")
+CHOICE = ("circle", "square", "arrow", "star")
 
 
-def concept_prompt(w: str) -> str:
-    return w if w in NEUTRAL_PROMPTS else with_article(w)
+def ms(v) -> dict:
+    v = [x for x in v if x == x]
+    return {"mean": float(np.mean(v)), "std": float(np.std(v)), "n": len(v)}
 
 
-def vocabulary(pipe) -> tuple[Vocabulary, list[str]]:
-    """Concept names (words, and the neutral prompts quoted) with the embeddings of their prompts."""
-    words = [w for w in model_words(pipe) if w != "an"]
-    prompts = [concept_prompt(w) for w in words] + list(NEUTRAL_PROMPTS)
-    v = build_vocabulary(pipe, prompts)
-    return Vocabulary(tuple(words) + tuple(repr(p) for p in NEUTRAL_PROMPTS), v.embeddings, "a {}"), prompts
-
-
-def predictor_features(emb_full: torch.Tensor, pooled: torch.Tensor, i: int, j: int) -> torch.Tensor:
-    a, b = pooled[i], pooled[j]
-    return torch.cat([a, b, a * b, (a - b).abs(), torch.stack([torch.cosine_similarity(a, b, dim=0),
-                      (emb_full[i] - emb_full[j]).norm()])])  # fmt: skip
-
-
-def train_predictor(x: torch.Tensor, y: torch.Tensor, seed: int = 0, steps: int = 1500) -> torch.nn.Module:
-    torch.manual_seed(seed)
-    net = torch.nn.Sequential(torch.nn.Linear(x.shape[1], 64), torch.nn.ReLU(), torch.nn.Linear(64, 1))
-    opt = torch.optim.Adam(net.parameters(), lr=3e-3, weight_decay=1e-4)
-    for _ in range(steps):
-        loss = torch.nn.functional.mse_loss(net(x).squeeze(-1), y)
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-    return net
+def load_or(path: Path, make):
+    if path.exists():
+        return json.loads(path.read_text())
+    v = make()
+    path.write_text(json.dumps(v, indent=1))
+    return v
 
 
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--out", default=str(RESULTS / "impact"))
     ap.add_argument("--draws", type=int, default=8)
-    ap.add_argument("--iterations", type=int, default=ERASE["iterations"], help="ESD iterations per erasure")
-    ap.add_argument("--concepts", nargs="*", default=None, help="erase only these (default: objects, colours, styles)")
+    ap.add_argument("--ship", action="store_true", help="write the predictor trained on every erasure into the package")
     args = ap.parse_args()
-    ERASE["iterations"] = args.iterations
     torch.set_num_threads(2)
     out = Path(args.out)
     runs = out.with_name(out.name + "_runs")
-    runs.mkdir(parents=True, exist_ok=True)
+    (runs / "spectra").mkdir(parents=True, exist_ok=True)
     pipe, oracle = load_pipeline("mini"), load_oracle()
-    vocab, prompts = vocabulary(pipe)
+    vocab = concept_vocabulary(pipe)
+    words = list(vocab.words)
     draws = make_draws(pipe, args.draws)
     cache = runs / "cache"
-    erased = args.concepts or list(OBJECTS) + list(COLOUR_NAMES) + list(BACKGROUNDS)
-    spectra, seconds = {}, {}
+    erased = list(OBJECTS) + list(COLOUR_NAMES) + list(BACKGROUNDS)
+    spectra: dict[str, Spectrum] = {}
     for c in erased:
         folder = runs / "edits" / c
         if not (folder / "edit.json").exists():
             erase(pipe, [c], make_config("esd", **ERASE), torch.Generator().manual_seed(0)).save(folder)
-        edit = Edit.load(folder)
-        seconds[c] = edit.info["seconds"]
-        t0 = time.perf_counter()
-        spectra[c] = spectrum(pipe, edit, vocab, draws, cache_dir=cache)
-        print(c, f"erase {seconds[c]:.0f}s spectrum {time.perf_counter() - t0:.1f}s", flush=True)
+        f = runs / "spectra" / f"{c}.json"
+        if not f.exists():
+            spec = spectrum(pipe, Edit.load(folder), vocab, draws, cache_dir=cache)
+            f.write_text(json.dumps(spec.to_dict()))
+        d = json.loads(f.read_text())
+        spectra[c] = Spectrum(tuple(d["scores"]), torch.tensor(list(d["scores"].values())), tuple(d["concepts"]), d["method"])
+        print(c, "ok", flush=True)
     impact = {c: -s.scores for c, s in spectra.items()}  # higher = more affected
-    words = list(vocab.words)
-    report: dict = {"erase_settings": ERASE, "draws": args.draws, "vocabulary": words}
+    report: dict = {"erase_settings": ERASE, "draws": args.draws, "vocabulary": words,
+                    "erase_seconds": ms([Edit.load(runs / "edits" / c).info["seconds"] for c in erased])}  # fmt: skip
+    feats = concept_features(pipe, vocab, draws, cache)
+    W = lambda w: words.index(w)  # noqa: E731
 
     # a. family
-    ratios, erased_objects = [], [o for o in OBJECTS if o in erased]
-    for o in erased_objects:
-        same = [impact[o][words.index(x)] for x in FAMILIES[FAMILY_OF[o]] if x != o]
-        other = [impact[o][words.index(x)] for x in OBJECTS if FAMILY_OF[x] != FAMILY_OF[o]]
-        ratios.append(float(np.mean(same) / np.mean(other)))
-    report["a_family_ratio"] = {"per_object": dict(zip(erased_objects, ratios)), "mean": float(np.mean(ratios)),
-                                "std": float(np.std(ratios))}  # fmt: skip
+    ratios, text_ratios = {}, {}
+    cos_pooled = torch.nn.functional.normalize(feats.pooled, dim=-1) @ torch.nn.functional.normalize(feats.pooled, dim=-1).T
+    for o in OBJECTS:
+        same = [x for x in FAMILIES[FAMILY_OF[o]] if x != o]
+        other = [x for x in OBJECTS if FAMILY_OF[x] != FAMILY_OF[o]]
+        ratios[o] = float(np.mean([impact[o][W(x)] for x in same]) / np.mean([impact[o][W(x)] for x in other]))
+        text_ratios[o] = float(np.mean([cos_pooled[W(o), W(x)] for x in same]) - np.mean([cos_pooled[W(o), W(x)] for x in other]))
+    report["a_family"] = {"impact_ratio": {"per_object": ratios, **ms(ratios.values())},
+                          "text_cosine_gap": {"per_object": text_ratios, **ms(text_ratios.values())},
+                          "family_word_impact_rank": {o: sorted(words, key=lambda w: -float(impact[o][W(w)])).index(FAMILY_OF[o])
+                                                      for o in OBJECTS}}  # fmt: skip
     # b. neutral percentiles (0 = most affected)
-    neutral_names = [repr(p) for p in NEUTRAL_PROMPTS]
-    pct = {n: [spectra[c].percentile(n) for c in erased] for n in neutral_names}
-    report["b_neutral_percentile"] = {n: {"mean": float(np.mean(v)), "std": float(np.std(v))} for n, v in pct.items()}
+    neutral = [repr(p) for p in NEUTRAL_PROMPTS]
+    report["b_neutral_percentile"] = {n: {"per_erasure": {c: spectra[c].percentile(n) for c in erased},
+                                          **ms([spectra[c].percentile(n) for c in erased])} for n in neutral}  # fmt: skip
     # d. text similarity vs impact
-    pooled = torch.stack([vocab.embeddings[i][-1] for i in range(len(words))])  # last padded token sees all
-    full = vocab.embeddings.flatten(1)
-    rho_pooled, rho_full = [], []
+    rho = {"pooled_cosine": [], "full_l2": [], "eps_cosine": []}
     for c in erased:
-        i = words.index(c)
-        others = [j for j in range(len(words)) if j != i]
-        sim_p = torch.cosine_similarity(pooled[others], pooled[i][None], dim=-1)
-        sim_f = -(full[others] - full[i]).norm(dim=-1)
-        rho_pooled.append(spearmanr(sim_p, impact[c][others]).statistic)
-        rho_full.append(spearmanr(sim_f, impact[c][others]).statistic)
-    report["d_text_similarity_spearman"] = {
-        "pooled_cosine": {"mean": float(np.nanmean(rho_pooled)), "std": float(np.nanstd(rho_pooled))},
-        "full_l2": {"mean": float(np.nanmean(rho_full)), "std": float(np.nanstd(rho_full))},
-    }
-    # e. empirical impact: oracle accuracy drop over the objects, for four object erasures
-    s = Sampling(n=2)
-    base_file = runs / "base_rates.json"
-    if not base_file.exists():
-        base_file.write_text(json.dumps(class_rates(judge_objects(pipe, oracle, OBJECTS, s))))
-    base = json.loads(base_file.read_text())
+        i, others = W(c), [j for j in range(len(words)) if j != W(c)]
+        y = impact[c][others]
+        rho["pooled_cosine"].append(spearmanr(cos_pooled[i, others], y).statistic)
+        rho["full_l2"].append(spearmanr(-(feats.full[others] - feats.full[i]).norm(dim=-1), y).statistic)
+        e = torch.nn.functional.normalize(feats.eps, dim=-1)
+        rho["eps_cosine"].append(spearmanr(e[others] @ e[i], y).statistic)
+    report["d_similarity_spearman"] = {k: {"per_erasure": dict(zip(erased, v)), **ms(v)} for k, v in rho.items()}
+    # e. empirical impact
     emp = {}
-    for c in ("circle", "square", "arrow", "star"):
+    for c in EMPIRICAL:
         f = runs / f"empirical_{c}.json"
         if not f.exists():
-            with Edit.load(runs / "edits" / c).applied(pipe):
-                f.write_text(json.dumps(class_rates(judge_objects(pipe, oracle, OBJECTS, s))))
-        rates = json.loads(f.read_text())
-        drop = [base[o]["top1"] - rates[o]["top1"] for o in OBJECTS if o != c]
-        imp = [float(impact[c][words.index(o)]) for o in OBJECTS if o != c]
-        emp[c] = {"accuracy_drop": dict(zip([o for o in OBJECTS if o != c], drop)),
-                  "spearman_spectrum_vs_drop": float(spearmanr(imp, drop).statistic)}  # fmt: skip
-    report["e_empirical"] = emp
-    # f. the impact predictor, trained on the other erased concepts, tested on HELD_OUT
-    train_c = [c for c in erased if c not in HELD_OUT]
-    pairs = lambda cs: [(words.index(c), j) for c in cs for j in range(len(words)) if j != words.index(c)]  # noqa: E731
-    feats = lambda ps: torch.stack([predictor_features(full, pooled, i, j) for i, j in ps])  # noqa: E731
-    target = lambda ps: torch.tensor([float(torch.log(impact[words[i]][j] + 1e-8)) for i, j in ps])  # noqa: E731
-    tr = pairs(train_c)
-    net = train_predictor(feats(tr), target(tr))
-    rho_pred, rho_base = [], []
-    for c in HELD_OUT:
-        ps = pairs([c])
-        with torch.no_grad():
-            pred = net(feats(ps)).squeeze(-1)
-        truth = target(ps)
-        rho_pred.append(spearmanr(pred, truth).statistic)
-        i = words.index(c)
-        rho_base.append(spearmanr([float(torch.cosine_similarity(pooled[i], pooled[j], dim=0)) for _, j in ps],
-                                  truth).statistic)  # fmt: skip
-    report["f_predictor"] = {"held_out": list(HELD_OUT), "train_concepts": len(train_c),
-                             "spearman_predictor": {"mean": float(np.mean(rho_pred)), "per_concept": rho_pred},
-                             "spearman_text_similarity": {"mean": float(np.mean(rho_base)), "per_concept": rho_base}}  # fmt: skip
-    # s. speed: a warm-cache spectrum vs a plain per-concept loop (same edit, same run)
+            concepts = [w for w in words if oracle_label(w) or w in neutral]
+            e = empirical_impact(pipe, Edit.load(runs / "edits" / c), concepts, oracle=oracle, n=4)
+            f.write_text(json.dumps({**e.to_dict(), **e.agreement(spectra[c], exclude=[c])}))
+        emp[c] = json.loads(f.read_text())
+    report["e_empirical"] = {"per_erasure": emp,
+                             "spearman_distance": ms([v["spearman_distance"] for v in emp.values()]),
+                             "spearman_accuracy_drop": ms([v["spearman_accuracy_drop"] for v in emp.values()])}  # fmt: skip
+    # f. the impact predictor on held-out erased concepts
+    report["f_predictor"] = predictor_eval(feats, spectra, erased, words, fingerprint(pipe), args.ship)
+    # c. which c_n preserves best
+    report["c_preserved_choice"] = preserved_choice(pipe, oracle, spectra, words, runs)
+    # s. speed, same run: warm-cache spectrum vs a plain loop over the whole vocabulary
     edit = Edit.load(runs / "edits" / "circle")
     t0 = time.perf_counter()
-    spectrum(pipe, edit, vocab, draws, cache_dir=cache)
-    warm = time.perf_counter() - t0
-    sub = list(range(0, len(words), 4))  # the loop on a quarter of the vocabulary, scaled up
+    warm = spectrum(pipe, edit, vocab, draws, cache_dir=cache)
+    t_warm = time.perf_counter() - t0
     t0 = time.perf_counter()
-    spectrum_plain_loop(pipe, edit, [prompts[i] for i in sub], draws)
-    loop = (time.perf_counter() - t0) * len(words) / len(sub)
-    report["s_speed"] = {"spectrum_warm_cache_s": warm, "plain_loop_s_estimated": loop, "speedup": loop / warm,
+    plain = spectrum_plain_loop(pipe, edit, [concept_prompt(w) for w in words], draws)
+    t_loop = time.perf_counter() - t0
+    report["s_speed"] = {"spectrum_warm_cache_s": t_warm, "plain_loop_s": t_loop, "speedup": t_loop / t_warm,
+                         "max_abs_difference": float((warm.scores - plain.scores).abs().max()),
                          "vocabulary_size": len(words), "draws": args.draws}  # fmt: skip
-    report["c_preserved_choice"] = preserved_choice(pipe, oracle, spectra, words, prompts, runs, base, s)
-    plot_spectrum(spectra["circle"], out.with_suffix(".png"), neutral=neutral_names)
+    plots(report, spectra, out, pipe, oracle, runs)
     report["markdown"] = markdown(report)
-    out.with_suffix(".json").write_text(json.dumps(report, indent=2, default=float))
+    out.with_suffix(".json").write_text(json.dumps(report, indent=1, default=float))
     out.with_suffix(".md").write_text(report["markdown"])
     print(report["markdown"])
 
 
-def preserved_choice(pipe, oracle, spectra, words, prompts, runs, base, s) -> dict:
-    """c. Erase towards and preserve c_n (equation 1) with c_n the most sensitive concept, a
-    mid-spectrum one, or "": PSR-1 on the other objects (the talk's "road" > "lexus" > " ")."""
-    out = {}
-    for c in ("circle", "square"):
-        order = [words.index(w) for w, _ in spectra[c].order()]
-        order = [i for i in order if words[i] not in (c, "disk", "plus") and not words[i].startswith("'")]
-        picks = {"most sensitive": prompts[order[0]], "mid-spectrum": prompts[order[len(order) // 2]], "empty": ""}
+def rank_spearman(pred: torch.Tensor, truth: torch.Tensor) -> float:
+    return float(spearmanr(pred.numpy(), truth.numpy()).statistic)
+
+
+def predictor_eval(feats, spectra, erased, words, fp, ship) -> dict:
+    """Train on some erasures, rank the vocabulary for held-out ones; text and eps similarity as baselines."""
+    cfg = PredictorConfig()
+
+    def evaluate(train, test) -> dict[str, list[float]]:
+        model = train_predictor(feats, {c: spectra[c] for c in train}, cfg, generator=torch.Generator().manual_seed(0))
+        r = {"predictor": [], "text_pooled_cosine": [], "text_full_l2": [], "eps_cosine": []}
+        for c in test:
+            i, j, y = impact_targets({c: spectra[c]}, words)
+            x = pair_features(feats, i, j)
+            with torch.no_grad():
+                r["predictor"].append(rank_spearman(model(x), y))
+            n = feats.pooled.shape[1]
+            r["text_pooled_cosine"].append(rank_spearman(x[:, 4 * n], y))
+            r["text_full_l2"].append(rank_spearman(-x[:, 4 * n + 2], y))
+            r["eps_cosine"].append(rank_spearman(x[:, 4 * n + 3], y))
+        return r
+
+    held = evaluate([c for c in erased if c not in HELD_OUT], HELD_OUT)
+    folds: dict[str, list[float]] = {}
+    order = np.random.default_rng(0).permutation(erased).tolist()
+    for k in range(FOLDS):
+        test = order[k::FOLDS]
+        for name, v in evaluate([c for c in erased if c not in test], test).items():
+            folds.setdefault(name, []).extend(v)
+    if ship:
+        train_predictor(feats, spectra, cfg, generator=torch.Generator().manual_seed(0), base_fingerprint=fp).save(SHIP)
+    return {"config": cfg.__dict__, "held_out": list(HELD_OUT),
+            "held_out_spearman": {k: {"per_concept": dict(zip(HELD_OUT, v)), **ms(v)} for k, v in held.items()},
+            f"{FOLDS}_fold_spearman": {k: ms(v) for k, v in folds.items()}}  # fmt: skip
+
+
+def preserved_choice(pipe, oracle, spectra, words, runs) -> dict:
+    """c. Equation 1 with c_n the most sensitive concept, a mid-spectrum one, or "": ESR-1 on the erased
+    object and PSR-1 on the other objects (the talk's "road" > "lexus" > " ")."""
+    s = Sampling(n=2)
+    out: dict = {}
+    for c in CHOICE:
+        order = [w for w, _ in spectra[c].order() if w != c and not w.startswith("'") and oracle_label(w) != oracle_label(c)]
+        picks = {"most sensitive": order[0], "mid-spectrum": order[len(order) // 2], "empty": "''"}
         out[c] = {}
-        for kind, c_n in picks.items():
+        for kind, w in picks.items():
             f = runs / f"preserve_{c}_{kind.replace(' ', '_')}.json"
             if not f.exists():
-                cfg = make_config("neutral", **(ERASE | {"c_n": c_n}))
-                edit = erase(pipe, [c], cfg, torch.Generator().manual_seed(0))
+                c_n = concept_prompt(w)
+                edit = erase(pipe, [c], make_config("neutral", **(ERASE | {"c_n": c_n})), torch.Generator().manual_seed(0))
                 with edit.applied(pipe):
                     rates = class_rates(judge_objects(pipe, oracle, OBJECTS, s))
                 f.write_text(json.dumps({"c_n": c_n, "ESR-1": 1 - rates[c]["top1"],
                                          "PSR-1": float(np.mean([rates[o]["top1"] for o in OBJECTS if o != c]))}))  # fmt: skip
             out[c][kind] = json.loads(f.read_text())
+    out["summary"] = {k: {"PSR-1": ms([out[c][k]["PSR-1"] for c in CHOICE]), "ESR-1": ms([out[c][k]["ESR-1"] for c in CHOICE])}
+                      for k in ("most sensitive", "mid-spectrum", "empty")}  # fmt: skip
     return out
 
 
+def plots(r: dict, spectra, out: Path, pipe, oracle, runs) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    for c in ("circle", "red", "checkered"):
+        plot_spectrum(spectra[c], out.with_name(f"{out.name}_spectrum_{c}.png"))
+    # grid of the most and least affected concepts of erasing circle, base vs edited
+    order = [w for w, _ in spectra["circle"].order()]
+    pick = order[:3] + order[-3:]
+    e = empirical_impact(pipe, Edit.load(runs / "edits" / "circle"), pick, oracle=oracle, n=6, keep_images=True)
+    extremes_grid(spectra["circle"], e, out.with_name(f"{out.name}_extremes_circle.png"))
+
+    fig, ax = plt.subplots(2, 2, figsize=(12, 8))
+    a = r["a_family"]["impact_ratio"]["per_object"]
+    ax[0, 0].bar(list(a), list(a.values()), color=[f"C{list(FAMILIES).index(FAMILY_OF[o])}" for o in a])
+    ax[0, 0].axhline(1, color="k", lw=0.8, ls="--")
+    ax[0, 0].set_title("a. own-family / other-family mean impact (bars coloured by family)")
+    ax[0, 0].tick_params(axis="x", rotation=45)
+    b = r["b_neutral_percentile"]
+    ax[0, 1].boxplot([list(v["per_erasure"].values()) for v in b.values()], tick_labels=list(b))
+    ax[0, 1].set_ylabel("percentile (0 = most affected)")
+    ax[0, 1].set_title("b. where the neutral prompts fall, over 22 erasures")
+    cs = r["c_preserved_choice"]["summary"]
+    ax[1, 0].bar(list(cs), [100 * v["PSR-1"]["mean"] for v in cs.values()],
+                 yerr=[100 * v["PSR-1"]["std"] for v in cs.values()], color=["C3", "C1", "C7"])  # fmt: skip
+    ax[1, 0].set_ylabel("PSR-1 on the other objects (%)")
+    ax[1, 0].set_title("c. which preserved c_n keeps the rest best (eq. 1)")
+    d = r["d_similarity_spearman"]
+    f = r["f_predictor"]["held_out_spearman"]
+    names = list(d) + ["predictor (held out)"]
+    vals = [d[k]["mean"] for k in d] + [f["predictor"]["mean"]]
+    errs = [d[k]["std"] for k in d] + [f["predictor"]["std"]]
+    ax[1, 1].bar(names, vals, yerr=errs, color=["C0", "C0", "C2", "C4"])
+    ax[1, 1].set_ylabel("Spearman with measured impact")
+    ax[1, 1].set_title("d/f. what predicts impact")
+    fig.tight_layout()
+    fig.savefig(out.with_name(f"{out.name}_abcd.png"), dpi=110)
+    plt.close(fig)
+
+
 def markdown(r: dict) -> str:
-    a, b, d = r["a_family_ratio"], r["b_neutral_percentile"], r["d_text_similarity_spearman"]
-    f, s = r["f_predictor"], r["s_speed"]
-    dp, df = d["pooled_cosine"], d["full_l2"]
-    lines = ["# Impact of an erasure on other concepts (mini world)", "",
-             f"ESD-x erasures of single concepts ({json.dumps(r['erase_settings'])}); spectra over {len(r['vocabulary'])} "
-             f"concept prompts, {r['draws']} fixed (z_t, t) draws. Impact = −score (higher = more affected).", "",
-             "| observation | result |", "|---|---|",
-             f"| a. own-family / other-family mean impact (10 object erasures) | {a['mean']:.2f} ± {a['std']:.2f} |",
-             *[f"| b. percentile of {n} (0 = most affected; every erasure) | {v['mean']:.0f} ± {v['std']:.0f} |"
-               for n, v in b.items()],
-             f"| d. Spearman(text similarity, impact), pooled cosine | {dp['mean']:.2f} ± {dp['std']:.2f} |",
-             f"| d. Spearman(text similarity, impact), full-embedding L2 | {df['mean']:.2f} ± {df['std']:.2f} |",
-             *[f"| e. Spearman(spectrum, oracle accuracy drop), erasing {c} | {v['spearman_spectrum_vs_drop']:.2f} |"
-               for c, v in r["e_empirical"].items()],
-             f"| f. predictor Spearman on held-out erased concepts {', '.join(f['held_out'])} | "
-             f"{f['spearman_predictor']['mean']:.2f} (text similarity: {f['spearman_text_similarity']['mean']:.2f}) |",
-             f"| s. one spectrum, warm cache | {s['spectrum_warm_cache_s']:.1f} s ({s['speedup']:.0f}x a plain loop) |",
-             *[f"| c. erase {c} preserving {k} ({v['c_n']!r}): ESR-1 / PSR-1 others | {100 * v['ESR-1']:.0f}% / "
-               f"{100 * v['PSR-1']:.1f}% |" for c, kv in r["c_preserved_choice"].items() for k, v in kv.items()],
-             "", "Per-object family ratios: " + ", ".join(f"{k} {v:.2f}" for k, v in a["per_object"].items()), "",
-             "![spectrum of erasing circle](impact.png)", ""]  # fmt: skip
+    a, b, d, e = r["a_family"], r["b_neutral_percentile"], r["d_similarity_spearman"], r["e_empirical"]
+    f, s, c = r["f_predictor"], r["s_speed"], r["c_preserved_choice"]
+    pm = lambda v, k=1: f"{k * v['mean']:.2f} ± {k * v['std']:.2f}"  # noqa: E731
+    lines = [
+        "# Impact of an erasure on other concepts (mini world)", "",
+        f"22 single-concept ESD-x erasures ({json.dumps(r['erase_settings'])}, {r['erase_seconds']['mean']:.0f} s each), "
+        f"each scored over {len(r['vocabulary'])} concepts with {r['draws']} fixed (z_t, t) draws. "
+        "Impact = −score = mean ‖ε′(c, z_t) − ε(c, z_t)‖² (higher = more affected). Mean ± std over erasures.", "",
+        "| observation | result |", "|---|---|",
+        f"| a. own-family / other-family mean impact (10 object erasures) | {pm(a['impact_ratio'])} |",
+        f"| a. pooled text cosine, own family minus other families | {pm(a['text_cosine_gap'])} |",
+        *[f"| b. percentile of {n} (0 = most affected; 22 erasures) | {v['mean']:.0f} ± {v['std']:.0f} |" for n, v in b.items()],
+        *[f"| c. erase an object (eq. 1) preserving the {k} concept: PSR-1 others / ESR-1 | "
+          f"{pm(v['PSR-1'], 100)} % / {pm(v['ESR-1'], 100)} % |" for k, v in c["summary"].items()],
+        f"| d. Spearman(text similarity, impact), pooled cosine | {pm(d['pooled_cosine'])} |",
+        f"| d. Spearman(text similarity, impact), full-embedding L2 | {pm(d['full_l2'])} |",
+        f"| d'. Spearman(base-model ε cosine, impact) | {pm(d['eps_cosine'])} |",
+        f"| e. Spearman(spectrum impact, image distance), {len(e['per_erasure'])} erasures | {pm(e['spearman_distance'])} |",
+        f"| e. Spearman(spectrum impact, oracle accuracy drop) | {pm(e['spearman_accuracy_drop'])} |",
+        f"| f. predictor Spearman, held-out erasures ({', '.join(f['held_out'])}) | "
+        f"{pm(f['held_out_spearman']['predictor'])} (text pooled {pm(f['held_out_spearman']['text_pooled_cosine'])}, "
+        f"text L2 {pm(f['held_out_spearman']['text_full_l2'])}, ε cosine {pm(f['held_out_spearman']['eps_cosine'])}) |",
+        f"| f. predictor Spearman, {FOLDS}-fold over all 22 erasures | {pm(f[f'{FOLDS}_fold_spearman']['predictor'])} "
+        f"(text pooled {pm(f[f'{FOLDS}_fold_spearman']['text_pooled_cosine'])}) |",
+        f"| s. one spectrum with a warm cache / plain per-concept loop | {s['spectrum_warm_cache_s']:.1f} s / "
+        f"{s['plain_loop_s']:.1f} s ({s['speedup']:.1f}x; max |Δscore| {s['max_abs_difference']:.1e}) |",
+        "",
+        "Per-object family ratios: " + ", ".join(f"{k} {v:.2f}" for k, v in a["impact_ratio"]["per_object"].items()), "",
+        "Preserved concepts chosen in c: " + "; ".join(f"{o}: " + ", ".join(f"{k} {v['c_n']!r}" for k, v in kv.items())
+                                                         for o, kv in c.items() if o != "summary"), "",
+        "![a-d](impact_abcd.png)", "", "![spectrum of erasing circle](impact_spectrum_circle.png)", "",
+        "![most and least affected by erasing circle](impact_extremes_circle.png)", "",
+    ]  # fmt: skip
     return "\n".join(lines)
 
 

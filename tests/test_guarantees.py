@@ -25,8 +25,11 @@ def test_erasure_removes_the_concept_and_keeps_an_unrelated_one(mini_pipe, metho
 
     circle0, star0 = rates()
     assert circle0 >= 0.75 and star0 >= 0.75, "the base model draws both"
-    cfg = make_config(method, iterations=40, lr=1e-3, batch_size=2, template="a {}", n_centres=10) if method == "eap" \
+    cfg = (
+        make_config(method, iterations=40, lr=1e-3, batch_size=2, template="a {}", n_centres=10)
+        if method == "eap"
         else make_config(method, iterations=40, lr=1e-3, batch_size=2, template="a {}")
+    )
     edit = erase(mini_pipe, ["circle"], cfg, torch.Generator().manual_seed(0))
     with edit.applied(mini_pipe):
         circle1, star1 = rates()

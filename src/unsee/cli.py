@@ -32,7 +32,7 @@ def _world_sample(args: argparse.Namespace) -> None:
     labels = []
     for s in scenes:
         things = " + ".join(f"{t.colour} {t.obj}" for t in s.things)
-        labels.append(f"{things} | {s.background}{' | frame' if s.frame else ''} | \"{caption(s, rng)}\"")
+        labels.append(f'{things} | {s.background}{" | frame" if s.frame else ""} | "{caption(s, rng)}"')
     image_grid(images, labels, cols=args.cols, title=f"unsee world, seed {args.seed}").save(args.out)
     print(f"wrote {args.out}")
 
@@ -262,19 +262,15 @@ def _add_evaluate(sub: argparse._SubParsersAction) -> None:
 def _spectrum(args: argparse.Namespace) -> None:
     import json
 
-    from unsee.concepts.vocab import build_vocabulary
     from unsee.edits import Edit
-    from unsee.impact.spectrum import make_draws, plot_spectrum, spectrum
+    from unsee.impact.spectrum import concept_vocabulary, make_draws, plot_spectrum, spectrum
     from unsee.models import load_pipeline
     from unsee.world.captions import NEUTRAL_PROMPTS
 
     pipe = load_pipeline(args.model)
     edit = Edit.load(args.edit) if args.edit else None
-    words = args.words or None
-    vocab = build_vocabulary(pipe, words, template=args.template, cache_dir=args.cache)
-    if args.neutral:  # the neutral prompts ride along so the plot can show where they fall
-        extra = [w for w in NEUTRAL_PROMPTS if w not in vocab.words]
-        vocab = build_vocabulary(pipe, list(vocab.words) + extra, template="{}", cache_dir=args.cache) if extra else vocab
+    neutral = () if args.no_neutral else NEUTRAL_PROMPTS
+    vocab = concept_vocabulary(pipe, args.words or None, template=args.template, neutral=neutral, cache_dir=args.cache)
     draws = make_draws(pipe, args.draws, seed=args.seed)
     spec = spectrum(pipe, edit, vocab, draws, cache_dir=args.cache, force=args.force)
     out = Path(args.out)
@@ -285,17 +281,35 @@ def _spectrum(args: argparse.Namespace) -> None:
     print("most affected: " + ", ".join(f"{w} ({s:.4f})" for w, s in order[:8]))
     print("least affected: " + ", ".join(f"{w} ({s:.4f})" for w, s in order[-5:]))
     print(f"wrote {out / 'spectrum.json'} and {out / 'spectrum.png'}")
+    if args.extremes > 0 and edit is not None:
+        from unsee.impact.empirical import empirical_impact, extremes_grid
+
+        oracle = None
+        if args.model == "mini":
+            from unsee.world.oracle import load_oracle
+
+            oracle = load_oracle()
+        k = min(args.extremes, len(order) // 2)
+        pick = [w for w, _ in order[:k]] + [w for w, _ in order[-k:]]
+        emp = empirical_impact(pipe, edit, pick, oracle=oracle, n=args.n, seed=args.seed, template=args.template,
+                               keep_images=True, force=args.force)  # fmt: skip
+        (out / "empirical.json").write_text(json.dumps(emp.to_dict(), indent=2))
+        extremes_grid(spec, emp, out / "extremes.png")
+        print(f"wrote {out / 'extremes.png'} (the {k} most and least affected concepts, base vs edited, same seeds)")
 
 
 def _add_spectrum(sub: argparse._SubParsersAction) -> None:
-    sp = sub.add_parser("spectrum", help="the sensitivity spectrum of an edit over a vocabulary (JSON + plot)")
+    sp = sub.add_parser("spectrum", help="the sensitivity spectrum of an edit over a vocabulary (JSON + plots)")
     sp.add_argument("--model", default="mini")
     sp.add_argument("--edit", default=None, help="edit folder (default: the identity edit)")
     sp.add_argument("--words", nargs="*", default=None, help="vocabulary (default: the tokenizer's words)")
-    sp.add_argument("--template", default="{}")
-    sp.add_argument("--neutral", action="store_true", help="add the neutral prompts to the vocabulary")
+    sp.add_argument("--template", default="a {}", help='how a word becomes a prompt ("a {}" picks a/an)')
+    sp.add_argument("--no-neutral", action="store_true", help="leave the neutral prompts out of the vocabulary")
     sp.add_argument("--draws", type=int, default=8, help="fixed (z_t, t) draws")
     sp.add_argument("--seed", type=int, default=0)
+    sp.add_argument("--extremes", type=int, default=3,
+                    help="sample the K most and K least affected concepts from both models (0: skip)")  # fmt: skip
+    sp.add_argument("--n", type=int, default=4, help="images per concept for --extremes")
     sp.add_argument("--cache", default=str(Path.home() / ".cache" / "unsee"), help="where base outputs are cached")
     sp.add_argument("--out", default="out/spectrum")
     sp.add_argument("--force", action="store_true")

@@ -25,9 +25,16 @@ def sd14_shaped_pipeline(seed: int = 0, dtype: torch.dtype = torch.float32) -> S
         cross_attention_dim=768, attention_head_dim=8,
     )  # fmt: skip
     text_encoder = CLIPTextModel(
-        CLIPTextConfig(vocab_size=49408, hidden_size=768, intermediate_size=3072, num_hidden_layers=12,
-                       num_attention_heads=12, max_position_embeddings=77, hidden_act="quick_gelu",
-                       projection_dim=768)  # fmt: skip
+        CLIPTextConfig(
+            vocab_size=49408,
+            hidden_size=768,
+            intermediate_size=3072,
+            num_hidden_layers=12,
+            num_attention_heads=12,
+            max_position_embeddings=77,
+            hidden_act="quick_gelu",
+            projection_dim=768,
+        )  # fmt: skip
     )
     vae = AutoencoderKL(
         in_channels=3, out_channels=3, latent_channels=4, layers_per_block=2, sample_size=512,

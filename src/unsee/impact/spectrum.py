@@ -9,6 +9,7 @@ across processes (``accelerate launch``) with the same numbers as one process.
 
 from __future__ import annotations
 
+import ast
 import hashlib
 import json
 from collections.abc import Sequence
@@ -18,11 +19,30 @@ from pathlib import Path
 import torch
 from diffusers import StableDiffusionPipeline
 
-from unsee.concepts.vocab import Vocabulary
+from unsee.concepts.vocab import Vocabulary, build_vocabulary, model_words
 from unsee.edits import Edit
 from unsee.models import fingerprint
 from unsee.sampling import encode_prompts, initial_latents, sample_until
-from unsee.world.captions import NEUTRAL_PROMPTS
+from unsee.world.captions import NEUTRAL_PROMPTS, with_article
+
+
+def concept_prompt(name: str, template: str = "a {}") -> str:
+    """The prompt a concept name stands for: a quoted name (``"'a photo'"``) is that prompt as it is,
+    a word goes through ``template`` (``"a {}"`` picks "a" or "an")."""
+    if name.startswith("'"):
+        return ast.literal_eval(name)
+    return with_article(name) if template == "a {}" else template.format(name)
+
+
+def concept_vocabulary(pipe: StableDiffusionPipeline, words: Sequence[str] | None = None, *, template: str = "a {}",
+                       neutral: Sequence[str] = NEUTRAL_PROMPTS, cache_dir: str | Path | None = None) -> Vocabulary:  # fmt: skip
+    """Concepts to score: ``words`` (default: the tokenizer's whole words but articles) through ``template``,
+    plus the ``neutral`` prompts named quoted (``"''"``, ``"'a photo'"``) so plots can mark them."""
+    words = list(words) if words is not None else [w for w in model_words(pipe) if w not in ("a", "an")]
+    names = words + [repr(p) for p in neutral if repr(p) not in words]
+    prompts = [concept_prompt(n, template) for n in names]
+    v = build_vocabulary(pipe, prompts, template="{}", cache_dir=cache_dir)
+    return Vocabulary(tuple(names), v.embeddings, template)
 
 
 @dataclass(frozen=True)
@@ -194,9 +214,10 @@ def plot_spectrum(spec: Spectrum, out: str | Path, *, label_extremes: int = 6,
     ax.plot(range(len(order)), [s for _, s in order], color="#345", lw=1.5)
     for i, (w, s) in enumerate(order):
         extreme = i < label_extremes or i >= len(order) - label_extremes
-        if w in neutral:
+        if w in neutral or w in [repr(p) for p in neutral]:
             ax.scatter([i], [s], color="tab:orange", zorder=3)
-            ax.annotate(repr(w), (i, s), textcoords="offset points", xytext=(0, 8), ha="center", color="tab:orange")
+            ax.annotate(w if w.startswith("'") else repr(w), (i, s), textcoords="offset points", xytext=(0, 8),
+                        ha="center", color="tab:orange")  # fmt: skip
         elif extreme:
             ax.annotate(w, (i, s), textcoords="offset points", xytext=(0, -12 if i < label_extremes else 8),
                         ha="center", fontsize=8, rotation=30)  # fmt: skip

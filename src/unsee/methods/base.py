@@ -269,6 +269,7 @@ class Trainer:
         if path is None or not path.exists():
             raise FileNotFoundError(f"no checkpoint at {path}; run without --resume to start the erasure")
         ck = torch.load(path, map_location="cpu", weights_only=False)
+
         def comparable(c: dict) -> dict:  # JSON turns tuples into lists; iterations may grow on resume
             return {k: v for k, v in json.loads(json.dumps(c)).items() if k != "iterations"}
 

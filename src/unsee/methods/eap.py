@@ -12,6 +12,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Literal
 
 import torch
@@ -21,6 +22,8 @@ from unsee.concepts.vocab import adversary_candidates, build_vocabulary
 from unsee.edits import Edit
 from unsee.methods.base import MethodConfig, Run, Trainer, mse, register
 from unsee.methods.esd import esd_loss
+
+PREDICTOR_DIR = Path(__file__).resolve().parent.parent / "assets" / "impact_predictor"
 
 
 @dataclass
@@ -42,6 +45,18 @@ class EAPConfig(MethodConfig):
     """The vocabulary R is drawn from (default: the tokenizer's whole words)."""
     exclude: tuple[str, ...] = ()
     """Words never preserved (the erased concepts' own words always are excluded)."""
+    adversary: Literal["search", "predicted"] = "search"
+    """How c_a is found: the Gumbel-softmax search over R (equation 4), or no search: the concepts an
+    impact predictor (Idea 2) ranks most affected, drawn uniformly."""
+    predictor: str = "mini"
+    """Impact predictor folder for ``adversary="predicted"``; "mini" is the one shipped for the mini model."""
+    n_predicted: int = 8
+    """How many top-predicted concepts are preserved."""
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.adversary not in ("search", "predicted"):
+            raise ValueError(f"unknown adversary {self.adversary!r}; use search or predicted")
 
 
 def gumbel_softmax(logits: torch.Tensor, n: int, tau: float, hard: bool, g: torch.Generator) -> torch.Tensor:
@@ -54,9 +69,23 @@ def gumbel_softmax(logits: torch.Tensor, n: int, tau: float, hard: bool, g: torc
     return one_hot - y.detach() + y
 
 
+def predicted_R(pipe: StableDiffusionPipeline, vocab, concepts: Sequence[str], exclude: set[str], cfg: EAPConfig):
+    """The ``n_predicted`` vocabulary concepts the impact predictor ranks most affected by erasing ``concepts``."""
+    from unsee.impact.predictor import ImpactPredictor, features_for, predict_impact
+
+    model = ImpactPredictor.load(PREDICTOR_DIR if cfg.predictor == "mini" else cfg.predictor)
+    names = [w for w in vocab.words if w not in exclude]
+    f = features_for(pipe, model, names + [c for c in concepts if c not in names])
+    scores = predict_impact(model, f, list(concepts))[: len(names)]
+    top = scores.topk(min(cfg.n_predicted, len(names))).indices
+    return vocab.subset([names[i] for i in top])
+
+
 def build_R(pipe: StableDiffusionPipeline, tr: Trainer, cfg: EAPConfig):
     vocab = build_vocabulary(pipe, list(cfg.words) or None, template=cfg.template)
     erased_words = {w for c in tr.concepts for w in c.split()}
+    if cfg.adversary == "predicted":
+        return vocab, predicted_R(pipe, vocab, tr.concepts, erased_words | set(cfg.exclude), cfg)
     R = adversary_candidates(vocab, tr.c_e, sorted(erased_words | set(cfg.exclude)), k_nearest=cfg.k_nearest,
                              n_centres=cfg.n_centres)  # fmt: skip
     if len(R) == 0:
@@ -70,7 +99,8 @@ def erase_eap(pipe: StableDiffusionPipeline, concepts: Sequence[str], cfg: EAPCo
     tr = Trainer(pipe, concepts, cfg, generator, run)
     _, R = build_R(pipe, tr, cfg)
     R_emb = R.embeddings.detach()
-    logits = torch.zeros(len(R), device=R_emb.device, requires_grad=True)
+    search = cfg.adversary == "search"  # predicted: fixed uniform logits over the predicted concepts
+    logits = torch.zeros(len(R), device=R_emb.device, requires_grad=search)
     logit_opt = torch.optim.Adam([logits], lr=cfg.logit_lr)
     tr.extras.update(logits=logits, logit_opt=logit_opt)
     trace: list[dict] = []
@@ -87,7 +117,7 @@ def erase_eap(pipe: StableDiffusionPipeline, concepts: Sequence[str], cfg: EAPCo
         return mse(tr.eps_trained(z, t, c_a), frozen)
 
     def step(i: int) -> dict[str, torch.Tensor]:
-        for _ in range(cfg.search_steps - 1):  # extra ascent-only steps
+        for _ in range(cfg.search_steps - 1 if search else 0):  # extra ascent-only steps
             c_a, _ = preservation(cfg.batch_size)
             (grad,) = torch.autograd.grad(-l2_at(c_a, None, None), [logits])
             logit_opt.zero_grad(set_to_none=True)
@@ -106,8 +136,9 @@ def erase_eap(pipe: StableDiffusionPipeline, concepts: Sequence[str], cfg: EAPCo
             logits.grad.neg_()
             logit_opt.step()
 
-    tr.extras["_zero_grad"] = [lambda: logit_opt.zero_grad(set_to_none=True)]
-    tr.extras["_after_backward"] = [ascend]
+    if search:
+        tr.extras["_zero_grad"] = [lambda: logit_opt.zero_grad(set_to_none=True)]
+        tr.extras["_after_backward"] = [ascend]
     tr.train(step, "eap")
     p = logits.detach().softmax(-1)
     order = p.argsort(descending=True)

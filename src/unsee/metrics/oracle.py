@@ -38,6 +38,34 @@ def prompt_latents(pipe: StableDiffusionPipeline, n: int, seed: int) -> torch.Te
 
 
 @torch.no_grad()
+def prompt_images(
+    pipe: StableDiffusionPipeline,
+    prompts: Sequence[str],
+    *,
+    n: int = 8,
+    seed: int = 0,
+    steps: int = 10,
+    guidance_scale: float = 6.0,
+    batch_size: int = 64,
+    progress: bool = False,
+) -> list[torch.Tensor]:
+    """``n`` images per prompt ``(n, 3, H, W)`` in [0, 1]; prompt i's z_T comes from seed ``seed + i``."""
+    jobs = [(i, j) for i in range(len(prompts)) for j in range(n)]
+    latents = {i: prompt_latents(pipe, n, seed + i) for i in range(len(prompts))}
+    neg = encode_prompts(pipe, [""])
+    images: dict[int, list[torch.Tensor]] = {i: [] for i in range(len(prompts))}
+    for s in tqdm(range(0, len(jobs), batch_size), desc="sampling", disable=not progress):
+        chunk = jobs[s : s + batch_size]
+        z = torch.stack([latents[i][j] for i, j in chunk])
+        cond = encode_prompts(pipe, [prompts[i] for i, _ in chunk])
+        sched = ddim(pipe, steps)
+        z = denoise(pipe.unet, sched, z, cond, neg.expand(len(chunk), -1, -1), guidance_scale, sched.timesteps)
+        for (i, _), im in zip(chunk, decode(pipe, z)):
+            images[i].append(im.cpu())
+    return [torch.stack(images[i]) for i in range(len(prompts))]
+
+
+@torch.no_grad()
 def judge_prompts(
     pipe: StableDiffusionPipeline,
     oracle: Oracle,
@@ -53,23 +81,9 @@ def judge_prompts(
     progress: bool = False,
 ) -> list[PromptResult]:
     """Generate ``n`` images per prompt (prompt i seeded ``seed + i``) and read them with the oracle."""
-    jobs = [(i, j) for i in range(len(prompts)) for j in range(n)]
-    latents = {i: prompt_latents(pipe, n, seed + i) for i in range(len(prompts))}
-    neg = encode_prompts(pipe, [""])
-    images: dict[int, list[torch.Tensor]] = {i: [] for i in range(len(prompts))}
-    for s in tqdm(range(0, len(jobs), batch_size), desc="sampling", disable=not progress):
-        chunk = jobs[s : s + batch_size]
-        z = torch.stack([latents[i][j] for i, j in chunk])
-        cond = encode_prompts(pipe, [prompts[i] for i, _ in chunk])
-        sched = ddim(pipe, steps)
-        z = denoise(pipe.unet, sched, z, cond, neg.expand(len(chunk), -1, -1), guidance_scale, sched.timesteps)
-        for (i, _), im in zip(chunk, decode(pipe, z)):
-            images[i].append(im)
-    results = []
-    for i, p in enumerate(prompts):
-        ims = torch.stack(images[i])
-        results.append(PromptResult(p, oracle.topk(ims, k), ims.cpu() if keep_images else None))
-    return results
+    images = prompt_images(pipe, prompts, n=n, seed=seed, steps=steps, guidance_scale=guidance_scale,
+                           batch_size=batch_size, progress=progress)  # fmt: skip
+    return [PromptResult(p, oracle.topk(ims, k), ims if keep_images else None) for p, ims in zip(prompts, images)]
 
 
 def accuracy(results: Sequence[PromptResult], head: str, labels: Sequence[str], k: int = 1) -> float:

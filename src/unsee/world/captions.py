@@ -40,9 +40,7 @@ def with_article(phrase: str) -> str:
 
 def _style_phrase(scene: Scene, rng: np.random.Generator) -> str:
     word = STYLE_WORDS[scene.background][rng.integers(len(STYLE_WORDS[scene.background]))]
-    return [f" on {with_article(word)} background", f", {word} style", f" on {with_article(word)} pattern"][
-        rng.integers(3)
-    ]
+    return [f" on {with_article(word)} background", f", {word} style", f" on {with_article(word)} pattern"][rng.integers(3)]
 
 
 def _object_word(obj: str, rng: np.random.Generator) -> str:

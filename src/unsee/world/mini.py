@@ -134,9 +134,7 @@ def build_components(cfg: MiniConfig) -> dict:
 
 
 def make_pipeline(components: dict) -> StableDiffusionPipeline:
-    return StableDiffusionPipeline(
-        **components, safety_checker=None, feature_extractor=None, requires_safety_checker=False
-    )
+    return StableDiffusionPipeline(**components, safety_checker=None, feature_extractor=None, requires_safety_checker=False)
 
 
 def _ema_update(ema: torch.nn.Module, model: torch.nn.Module, decay: float) -> None:
@@ -314,14 +312,10 @@ def train_mini(
             state["elapsed"] = time.perf_counter() - t0
             checkpoint()
         if state["step"] % cfg.export_every == 0 or done:
-            export_pipeline(
-                dict(comps, unet=ema_unet, text_encoder=ema_text, vae=vae), out_dir / "pipeline"
-            )
+            export_pipeline(dict(comps, unet=ema_unet, text_encoder=ema_text, vae=vae), out_dir / "pipeline")
             (out_dir / "train_log.json").write_text(json.dumps(state["log"]))
     bar.close()
-    (out_dir / "train_log.json").write_text(
-        json.dumps({"elapsed_s": time.perf_counter() - t0, "log": state["log"]}, indent=1)
-    )
+    (out_dir / "train_log.json").write_text(json.dumps({"elapsed_s": time.perf_counter() - t0, "log": state["log"]}, indent=1))
     return out_dir / "pipeline"
 
 

@@ -188,9 +188,7 @@ def sample_scene(
     else:
         places = [(rng.uniform(0.38, 0.62), rng.uniform(0.38, 0.62))]
         radii = [rng.uniform(0.24, 0.34)]
-    things = tuple(
-        Thing(o, c, cx, cy, r, float(rng.uniform(-25, 25))) for o, c, (cx, cy), r in zip(objs, cols, places, radii)
-    )
+    things = tuple(Thing(o, c, cx, cy, r, float(rng.uniform(-25, 25))) for o, c, (cx, cy), r in zip(objs, cols, places, radii))
     return Scene(
         things=things,
         background=background,
