@@ -21,7 +21,7 @@ from diffusers import StableDiffusionPipeline
 from unsee.concepts.vocab import adversary_candidates, build_vocabulary
 from unsee.edits import Edit
 from unsee.methods.base import MethodConfig, Run, Trainer, mse, register
-from unsee.methods.esd import esd_loss
+from unsee.methods.esd import esd_target
 
 PREDICTOR_DIR = Path(__file__).resolve().parent.parent / "assets" / "impact_predictor"
 
@@ -110,22 +110,29 @@ def erase_eap(pipe: StableDiffusionPipeline, concepts: Sequence[str], cfg: EAPCo
         c_a = torch.einsum("br,rld->bld", w, R_emb)
         return c_a, w
 
-    def l2_at(c_a: torch.Tensor, z: torch.Tensor | None, t: torch.Tensor | None) -> torch.Tensor:
-        if cfg.adversary_latents == "own" or z is None:
-            z, t = tr.draw_zt(c_a.detach())
+    def l2_own(c_a: torch.Tensor) -> torch.Tensor:  # the preservation loss at c_a's own z_t
+        z, t = tr.draw_zt(c_a.detach())
         frozen = tr.unet(z, t, encoder_hidden_states=c_a).sample  # differentiable in c_a, not in theta
         return mse(tr.eps_trained(z, t, c_a), frozen)
 
     def step(i: int) -> dict[str, torch.Tensor]:
         for _ in range(cfg.search_steps - 1 if search else 0):  # extra ascent-only steps
             c_a, _ = preservation(cfg.batch_size)
-            (grad,) = torch.autograd.grad(-l2_at(c_a, None, None), [logits])
+            (grad,) = torch.autograd.grad(-l2_own(c_a), [logits])
             logit_opt.zero_grad(set_to_none=True)
             logits.grad = grad
             logit_opt.step()
-        l1, z, t, _ = esd_loss(tr, tr.draw_concepts(cfg.batch_size))
+        c_e = tr.c_e[tr.draw_concepts(cfg.batch_size)]
         c_a, _ = preservation(cfg.batch_size)
-        l2 = l2_at(c_a, z, t)
+        if cfg.adversary_latents == "own":  # both partial DDIMs in one batched run (same step index)
+            z, t = tr.draw_zt(torch.cat([c_e, c_a.detach()]))
+            z_e, z_a = z.chunk(2)
+        else:
+            z_e, t = tr.draw_zt(c_e)
+            z_a = z_e
+        frozen_a = tr.unet(z_a, t, encoder_hidden_states=c_a).sample  # differentiable in c_a, not in theta
+        out_e, out_a = tr.eps_trained(torch.cat([z_e, z_a]), t, torch.cat([c_e, c_a])).chunk(2)  # one batched pass
+        l1, l2 = mse(out_e, esd_target(tr, z_e, t, c_e)), mse(out_a, frozen_a)
         if i % 10 == 0:
             p = logits.detach().softmax(-1)
             trace.append({"iteration": i, "top": [(R.words[j], round(float(p[j]), 3)) for j in p.topk(3).indices]})

@@ -16,7 +16,7 @@ from diffusers import StableDiffusionPipeline
 from unsee.concepts.vocab import build_vocabulary
 from unsee.edits import Edit
 from unsee.methods.base import MethodConfig, Run, Trainer, mse, register
-from unsee.methods.esd import esd_loss
+from unsee.methods.esd import esd_target
 
 
 @dataclass
@@ -42,10 +42,11 @@ def erase_eap_pgd(pipe: StableDiffusionPipeline, concepts: Sequence[str], cfg: E
 
     def step(i: int) -> dict[str, torch.Tensor]:
         idx = tr.draw_concepts(cfg.batch_size)
-        l1, z, t, _ = esd_loss(tr, idx)
-        ca = c_a[idx]
-        frozen = tr.unet(z, t, encoder_hidden_states=ca).sample
-        l2 = mse(tr.eps_trained(z, t, ca), frozen)
+        c_e, ca = tr.c_e[idx], c_a[idx]
+        z, t = tr.draw_zt(c_e)
+        frozen = tr.unet(z, t, encoder_hidden_states=ca).sample  # differentiable in c_a, not in theta
+        out_e, out_a = tr.eps_trained(torch.cat([z, z]), t, torch.cat([c_e, ca])).chunk(2)  # one batched pass
+        l1, l2 = mse(out_e, esd_target(tr, z, t, c_e)), mse(out_a, frozen)
         if i % 10 == 0:
             trace.append({"iteration": i, "nearest": [vocab.nearest(c_a[j].detach(), 3) for j in range(len(c_a))],
                           "drift": float((c_a.detach() - c_a0).abs().max())})  # fmt: skip

@@ -17,14 +17,17 @@ class ESDConfig(MethodConfig):
     """ESD-x by default (cross-attention only); ``params="noxattn"`` is ESD-u."""
 
 
-def esd_loss(tr: Trainer, idx: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-    """L_ESD = ||eps'(z_t, c_e) - [eps(z_t, "") - eta (eps(z_t, c_e) - eps(z_t, ""))]||^2; also returns z_t, t, e0."""
+def esd_target(tr: Trainer, z: torch.Tensor, t: torch.Tensor, c_e: torch.Tensor) -> torch.Tensor:
+    """eps(z_t, "") - eta (eps(z_t, c_e) - eps(z_t, "")), both frozen outputs from one batched call."""
+    e0, e_p = tr.eps_frozen(torch.cat([z, z]), t, torch.cat([tr.uncond.expand(len(z), -1, -1), c_e])).chunk(2)
+    return e0 - tr.cfg.eta * (e_p - e0)
+
+
+def esd_loss(tr: Trainer, idx: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """L_ESD = ||eps'(z_t, c_e) - [eps(z_t, "") - eta (eps(z_t, c_e) - eps(z_t, ""))]||^2; also returns z_t, t."""
     c_e = tr.c_e[idx]
     z, t = tr.draw_zt(c_e)
-    e0 = tr.eps_frozen(z, t, tr.uncond.expand(len(idx), -1, -1))
-    e_p = tr.eps_frozen(z, t, c_e)
-    target = e0 - tr.cfg.eta * (e_p - e0)
-    return mse(tr.eps_trained(z, t, c_e), target), z, t, e0
+    return mse(tr.eps_trained(z, t, c_e), esd_target(tr, z, t, c_e)), z, t
 
 
 @register("esd", ESDConfig)
