@@ -49,7 +49,8 @@ from unsee.impact.spectrum import (
     spectrum_plain_loop,
 )
 from unsee.methods import erase, make_config
-from unsee.metrics.protocols import Sampling, class_rates, judge_objects
+from unsee.metrics.oracle import judge_prompts
+from unsee.metrics.protocols import Sampling, class_prompts, class_rates, judge_objects
 from unsee.models import fingerprint, load_pipeline
 from unsee.world import BACKGROUNDS, COLOUR_NAMES, FAMILIES, FAMILY_OF, NEUTRAL_PROMPTS, OBJECTS
 from unsee.world.oracle import load_oracle
@@ -122,6 +123,20 @@ def main() -> None:
                           "text_cosine_gap": {"per_object": text_ratios, **ms(text_ratios.values())},
                           "family_word_impact_rank": {o: sorted(words, key=lambda w: -float(impact[o][W(w)])).index(FAMILY_OF[o])
                                                       for o in OBJECTS}}  # fmt: skip
+    # a'. what an erased object's prompts draw instead, and whether it stays in the family
+    became = {}
+    for o in OBJECTS:
+        f = runs / f"became_{o}.json"
+        if not f.exists():
+            with Edit.load(runs / "edits" / o).applied(pipe):
+                res = judge_prompts(pipe, oracle, class_prompts(o), n=2, seed=100 * OBJECTS.index(o), k=1)
+            f.write_text(json.dumps([r.topk["object"][k][0] for r in res for k in range(len(r.topk["object"]))]))
+        became[o] = json.loads(f.read_text())
+    same_family = [np.mean([FAMILY_OF[b] == FAMILY_OF[o] and b != o for b in v]) for o, v in became.items()]
+    report["a_family"]["erased_became"] = {o: {b: v.count(b) for b in sorted(set(v))} for o, v in became.items()}
+    report["a_family"]["erased_became_same_family"] = ms(same_family)
+    report["a_family"]["same_family_by_chance"] = float(np.mean([(len(FAMILIES[FAMILY_OF[o]]) - 1) / (len(OBJECTS) - 1)
+                                                                 for o in OBJECTS]))  # fmt: skip
     # b. neutral percentiles (0 = most affected)
     neutral = [repr(p) for p in NEUTRAL_PROMPTS]
     report["b_neutral_percentile"] = {n: {"per_erasure": {c: spectra[c].percentile(n) for c in erased},
@@ -284,6 +299,8 @@ def markdown(r: dict) -> str:
         "| observation | result |", "|---|---|",
         f"| a. own-family / other-family mean impact (10 object erasures) | {pm(a['impact_ratio'])} |",
         f"| a. pooled text cosine, own family minus other families | {pm(a['text_cosine_gap'])} |",
+        f"| a. erased object's prompts drawn as another object of its family (chance {a['same_family_by_chance']:.2f}) | "
+        f"{pm(a['erased_became_same_family'])} |",
         *[f"| b. percentile of {n} (0 = most affected; 22 erasures) | {v['mean']:.0f} ± {v['std']:.0f} |" for n, v in b.items()],
         *[f"| c. erase an object (eq. 1) preserving the {k} concept: PSR-1 others / ESR-1 | "
           f"{pm(v['PSR-1'], 100)} % / {pm(v['ESR-1'], 100)} % |" for k, v in c["summary"].items()],
@@ -301,6 +318,9 @@ def markdown(r: dict) -> str:
         f"{s['plain_loop_s']:.1f} s ({s['speedup']:.1f}x; max |Δscore| {s['max_abs_difference']:.1e}) |",
         "",
         "Per-object family ratios: " + ", ".join(f"{k} {v:.2f}" for k, v in a["impact_ratio"]["per_object"].items()), "",
+        "What erased objects' prompts draw instead (oracle top-1 over 16 images): "
+        + "; ".join(f"{o}: " + ", ".join(f"{b} {n}" for b, n in sorted(v.items(), key=lambda x: -x[1])[:3])
+                    for o, v in a["erased_became"].items()), "",
         "Preserved concepts chosen in c: " + "; ".join(f"{o}: " + ", ".join(f"{k} {v['c_n']!r}" for k, v in kv.items())
                                                          for o, kv in c.items() if o != "summary"), "",
         "![a-d](impact_abcd.png)", "", "![spectrum of erasing circle](impact_spectrum_circle.png)", "",
