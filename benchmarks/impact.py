@@ -33,6 +33,7 @@ from scipy.stats import spearmanr
 from unsee.edits import Edit
 from unsee.impact.empirical import empirical_impact, extremes_grid, oracle_label
 from unsee.impact.predictor import (
+    FEATURES,
     PredictorConfig,
     concept_features,
     impact_targets,
@@ -142,7 +143,7 @@ def main() -> None:
     report["b_neutral_percentile"] = {n: {"per_erasure": {c: spectra[c].percentile(n) for c in erased},
                                           **ms([spectra[c].percentile(n) for c in erased])} for n in neutral}  # fmt: skip
     # d. text similarity vs impact
-    rho = {"pooled_cosine": [], "full_l2": [], "eps_cosine": []}
+    rho = {"pooled_cosine": [], "full_l2": [], "eps_cosine": [], "xattn_value_cosine": []}
     for c in erased:
         i, others = W(c), [j for j in range(len(words)) if j != W(c)]
         y = impact[c][others]
@@ -150,6 +151,7 @@ def main() -> None:
         rho["full_l2"].append(spearmanr(-(feats.full[others] - feats.full[i]).norm(dim=-1), y).statistic)
         e = torch.nn.functional.normalize(feats.eps, dim=-1)
         rho["eps_cosine"].append(spearmanr(e[others] @ e[i], y).statistic)
+        rho["xattn_value_cosine"].append(spearmanr(feats.values[others] @ feats.values[i], y).statistic)
     report["d_similarity_spearman"] = {k: {"per_erasure": dict(zip(erased, v)), **ms(v)} for k, v in rho.items()}
     # e. empirical impact
     emp = {}
@@ -189,22 +191,24 @@ def rank_spearman(pred: torch.Tensor, truth: torch.Tensor) -> float:
     return float(spearmanr(pred.numpy(), truth.numpy()).statistic)
 
 
+BASELINES = {"text_pooled_cosine": "text_pooled_cos", "text_full_l2": "text_full_neg_l2", "eps_cosine": "eps_cos",
+             "cross_attention_value_cosine": "value_cos"}  # fmt: skip
+
+
 def predictor_eval(feats, spectra, erased, words, fp, ship) -> dict:
-    """Train on some erasures, rank the vocabulary for held-out ones; text and eps similarity as baselines."""
+    """Train on some erasures, rank the vocabulary for held-out ones; single similarities as baselines."""
     cfg = PredictorConfig()
 
     def evaluate(train, test) -> dict[str, list[float]]:
         model = train_predictor(feats, {c: spectra[c] for c in train}, cfg, generator=torch.Generator().manual_seed(0))
-        r = {"predictor": [], "text_pooled_cosine": [], "text_full_l2": [], "eps_cosine": []}
+        r: dict[str, list[float]] = {"predictor": [], **{k: [] for k in BASELINES}}
         for c in test:
             i, j, y = impact_targets({c: spectra[c]}, words)
-            x = pair_features(feats, i, j)
             with torch.no_grad():
-                r["predictor"].append(rank_spearman(model(x), y))
-            n = feats.pooled.shape[1]
-            r["text_pooled_cosine"].append(rank_spearman(x[:, 4 * n], y))
-            r["text_full_l2"].append(rank_spearman(-x[:, 4 * n + 2], y))
-            r["eps_cosine"].append(rank_spearman(x[:, 4 * n + 3], y))
+                r["predictor"].append(rank_spearman(model.score(feats, i, j), y))
+            x = pair_features(feats, i, j)
+            for k, col in BASELINES.items():
+                r[k].append(rank_spearman(x[:, FEATURES.index(col)], y))
         return r
 
     held = evaluate([c for c in erased if c not in HELD_OUT], HELD_OUT)
@@ -214,9 +218,11 @@ def predictor_eval(feats, spectra, erased, words, fp, ship) -> dict:
         test = order[k::FOLDS]
         for name, v in evaluate([c for c in erased if c not in test], test).items():
             folds.setdefault(name, []).extend(v)
+    shipped = train_predictor(feats, spectra, cfg, generator=torch.Generator().manual_seed(0), base_fingerprint=fp)
     if ship:
-        train_predictor(feats, spectra, cfg, generator=torch.Generator().manual_seed(0), base_fingerprint=fp).save(SHIP)
-    return {"config": cfg.__dict__, "held_out": list(HELD_OUT),
+        shipped.save(SHIP)
+    weights = dict(zip(cfg.features, shipped.net.weight.detach()[0].tolist()))
+    return {"config": {**cfg.__dict__}, "held_out": list(HELD_OUT), "weights_all_22": weights,
             "held_out_spearman": {k: {"per_concept": dict(zip(HELD_OUT, v)), **ms(v)} for k, v in held.items()},
             f"{FOLDS}_fold_spearman": {k: ms(v) for k, v in folds.items()}}  # fmt: skip
 
@@ -274,12 +280,13 @@ def plots(r: dict, spectra, out: Path, pipe, oracle, runs) -> None:
                  yerr=[100 * v["PSR-1"]["std"] for v in cs.values()], color=["C3", "C1", "C7"])  # fmt: skip
     ax[1, 0].set_ylabel("PSR-1 on the other objects (%)")
     ax[1, 0].set_title("c. which preserved c_n keeps the rest best (eq. 1)")
-    d = r["d_similarity_spearman"]
     f = r["f_predictor"]["held_out_spearman"]
-    names = list(d) + ["predictor (held out)"]
-    vals = [d[k]["mean"] for k in d] + [f["predictor"]["mean"]]
-    errs = [d[k]["std"] for k in d] + [f["predictor"]["std"]]
-    ax[1, 1].bar(names, vals, yerr=errs, color=["C0", "C0", "C2", "C4"])
+    names = ["text pooled\n(held out)", "text L2\n(held out)", "ε cosine\n(held out)", "xattn values\n(held out)",
+             "predictor\n(held out)"]  # fmt: skip
+    keys = [*BASELINES, "predictor"]
+    vals = [f[k]["mean"] for k in keys]
+    errs = [f[k]["std"] for k in keys]
+    ax[1, 1].bar(names, vals, yerr=errs, color=["C0", "C0", "C2", "C2", "C4"])
     ax[1, 1].set_ylabel("Spearman with measured impact")
     ax[1, 1].set_title("d/f. what predicts impact")
     fig.tight_layout()
@@ -307,13 +314,13 @@ def markdown(r: dict) -> str:
         f"| d. Spearman(text similarity, impact), pooled cosine | {pm(d['pooled_cosine'])} |",
         f"| d. Spearman(text similarity, impact), full-embedding L2 | {pm(d['full_l2'])} |",
         f"| d'. Spearman(base-model ε cosine, impact) | {pm(d['eps_cosine'])} |",
+        f"| d'. Spearman(cross-attention value cosine, impact) | {pm(d['xattn_value_cosine'])} |",
         f"| e. Spearman(spectrum impact, image distance), {len(e['per_erasure'])} erasures | {pm(e['spearman_distance'])} |",
         f"| e. Spearman(spectrum impact, oracle accuracy drop) | {pm(e['spearman_accuracy_drop'])} |",
         f"| f. predictor Spearman, held-out erasures ({', '.join(f['held_out'])}) | "
-        f"{pm(f['held_out_spearman']['predictor'])} (text pooled {pm(f['held_out_spearman']['text_pooled_cosine'])}, "
-        f"text L2 {pm(f['held_out_spearman']['text_full_l2'])}, ε cosine {pm(f['held_out_spearman']['eps_cosine'])}) |",
-        f"| f. predictor Spearman, {FOLDS}-fold over all 22 erasures | {pm(f[f'{FOLDS}_fold_spearman']['predictor'])} "
-        f"(text pooled {pm(f[f'{FOLDS}_fold_spearman']['text_pooled_cosine'])}) |",
+        + ", ".join(f"{k} {pm(v)}" for k, v in f["held_out_spearman"].items()) + " |",
+        f"| f. predictor Spearman, {FOLDS}-fold over all 22 erasures | "
+        + ", ".join(f"{k} {pm(v)}" for k, v in f[f"{FOLDS}_fold_spearman"].items()) + " |",
         f"| s. one spectrum with a warm cache / plain per-concept loop | {s['spectrum_warm_cache_s']:.1f} s / "
         f"{s['plain_loop_s']:.1f} s ({s['speedup']:.1f}x; max |Δscore| {s['max_abs_difference']:.1e}) |",
         "",

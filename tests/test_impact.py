@@ -12,6 +12,7 @@ from unsee.cli import main
 from unsee.concepts.vocab import model_words
 from unsee.impact.empirical import empirical_impact, extremes_grid, oracle_label
 from unsee.impact.predictor import (
+    FEATURES,
     ImpactPredictor,
     PredictorConfig,
     concept_features,
@@ -86,7 +87,7 @@ def test_predictor_learns_a_ranking_that_generalises_to_held_out_erasures(tiny_f
     for c in test:
         i, j, y = impact_targets({c: spectra[c]}, words)
         with torch.no_grad():
-            rhos.append(spearmanr(model(pair_features(f, i, j)).numpy(), y.numpy()).statistic)
+            rhos.append(spearmanr(model.score(f, i, j).numpy(), y.numpy()).statistic)
     assert sum(rhos) / len(rhos) > 0.85 and min(rhos) > 0.5, rhos
     # same seed, same predictor
     again = train_predictor(f, {c: spectra[c] for c in train}, cfg, generator=torch.Generator().manual_seed(0))
@@ -103,10 +104,13 @@ def test_predictor_save_load_and_refuses_another_base_model(tiny_pipe, tiny_feat
     model = train_predictor(f, spectra, PredictorConfig(steps=20), base_fingerprint=fingerprint(tiny_pipe))
     model.save(tmp_path / "p")
     loaded = ImpactPredictor.load(tmp_path / "p")
-    x = pair_features(f, torch.zeros(len(words), dtype=torch.long), torch.arange(len(words)))
+    i, j = torch.zeros(len(words) - 1, dtype=torch.long), torch.arange(1, len(words))
     with torch.no_grad():
-        torch.testing.assert_close(loaded(x), model(x), rtol=0, atol=0)
-    assert loaded.cfg == model.cfg
+        torch.testing.assert_close(loaded.score(f, i, j), model.score(f, i, j), rtol=0, atol=0)
+    assert loaded.cfg == model.cfg and loaded.names == model.names
+    assert pair_features(f, i, j).shape == (len(j), len(FEATURES))
+    with pytest.raises(ValueError, match="unknown predictor features"):
+        PredictorConfig(features=("colour",))
     with pytest.raises(FileNotFoundError, match="no impact predictor"):
         ImpactPredictor.load(tmp_path / "nothing")
     with torch.no_grad():

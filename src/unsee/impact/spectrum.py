@@ -212,12 +212,14 @@ def plot_spectrum(spec: Spectrum, out: str | Path, *, label_extremes: int = 6,
     order = spec.order()
     fig, ax = plt.subplots(figsize=(10, 4))
     ax.plot(range(len(order)), [s for _, s in order], color="#345", lw=1.5)
+    marked = 0
     for i, (w, s) in enumerate(order):
         extreme = i < label_extremes or i >= len(order) - label_extremes
         if w in neutral or w in [repr(p) for p in neutral]:
             ax.scatter([i], [s], color="tab:orange", zorder=3)
-            ax.annotate(w if w.startswith("'") else repr(w), (i, s), textcoords="offset points", xytext=(0, 8),
-                        ha="center", color="tab:orange")  # fmt: skip
+            ax.annotate(w if w.startswith("'") else repr(w), (i, s), textcoords="offset points",
+                        xytext=(0, 8 + 12 * (marked % 2)), ha="center", color="tab:orange")  # fmt: skip
+            marked += 1
         elif extreme:
             ax.annotate(w, (i, s), textcoords="offset points", xytext=(0, -12 if i < label_extremes else 8),
                         ha="center", fontsize=8, rotation=30)  # fmt: skip
