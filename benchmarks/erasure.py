@@ -36,12 +36,12 @@ SETTINGS: dict[str, tuple[str, dict]] = {
     "esd": ("esd", dict(eta=1.0)),
     "esd-gentle": ("esd", dict(eta=1.0, lr=1e-4)),
     "neutral": ("neutral", dict(c_n="", lambda_=1.0)),
-    "eap": ("eap", EAP),
+    "eap": ("eap", EAP | dict(adversary_latents="own")),  # as published: c_a gets its own partial DDIM
     "eap-pgd": ("eap-pgd", dict(eta=1.0, lambda_=1.0, pgd_lr=1e-2)),
     # EAP evaluating the preserved concept on the erased concept's z_t: one partial DDIM fewer.
     "eap-shared": ("eap", EAP | dict(adversary_latents="shared")),
     # No search: preserve the 8 concepts the shipped impact predictor ranks most affected (Idea 2).
-    "eap-predicted": ("eap", EAP | dict(adversary="predicted", n_predicted=8)),
+    "eap-predicted": ("eap", EAP | dict(adversary="predicted", n_predicted=8, adversary_latents="own")),
 }
 
 

@@ -228,26 +228,33 @@ def predictor_eval(feats, spectra, erased, words, fp, ship) -> dict:
 
 
 def preserved_choice(pipe, oracle, spectra, words, runs) -> dict:
-    """c. Equation 1 with c_n the most sensitive concept, a mid-spectrum one, or "": ESR-1 on the erased
-    object and PSR-1 on the other objects (the talk's "road" > "lexus" > " ")."""
+    """c. Which preserved concept keeps the rest best: the most sensitive one, a mid-spectrum one, or ""
+    (the talk's "road" > "lexus" > " "), as ESR-1 on the erased object and PSR-1 on the other objects.
+    Two set-ups: equation (1) as written (the chosen concept is both the target c_n and preserved),
+    and a neutral target c_n = "" with the chosen concept preserved (c_p)."""
     s = Sampling(n=2)
-    out: dict = {}
+    out: dict = {"eq1": {}, "neutral_target": {}}
     for c in CHOICE:
         order = [w for w, _ in spectra[c].order() if w != c and not w.startswith("'") and oracle_label(w) != oracle_label(c)]
         picks = {"most sensitive": order[0], "mid-spectrum": order[len(order) // 2], "empty": "''"}
-        out[c] = {}
-        for kind, w in picks.items():
-            f = runs / f"preserve_{c}_{kind.replace(' ', '_')}.json"
-            if not f.exists():
-                c_n = concept_prompt(w)
-                edit = erase(pipe, [c], make_config("neutral", **(ERASE | {"c_n": c_n})), torch.Generator().manual_seed(0))
-                with edit.applied(pipe):
-                    rates = class_rates(judge_objects(pipe, oracle, OBJECTS, s))
-                f.write_text(json.dumps({"c_n": c_n, "ESR-1": 1 - rates[c]["top1"],
-                                         "PSR-1": float(np.mean([rates[o]["top1"] for o in OBJECTS if o != c]))}))  # fmt: skip
-            out[c][kind] = json.loads(f.read_text())
-    out["summary"] = {k: {"PSR-1": ms([out[c][k]["PSR-1"] for c in CHOICE]), "ESR-1": ms([out[c][k]["ESR-1"] for c in CHOICE])}
-                      for k in ("most sensitive", "mid-spectrum", "empty")}  # fmt: skip
+        for setup, prefix in (("eq1", "preserve"), ("neutral_target", "keep")):
+            out[setup][c] = {}
+            for kind, w in picks.items():
+                f = runs / f"{prefix}_{c}_{kind.replace(' ', '_')}.json"
+                if not f.exists():
+                    p = concept_prompt(w)
+                    extra = {"c_n": p} if setup == "eq1" else {"c_n": "", "c_p": p}
+                    edit = erase(pipe, [c], make_config("neutral", **(ERASE | extra)), torch.Generator().manual_seed(0))
+                    with edit.applied(pipe):
+                        rates = class_rates(judge_objects(pipe, oracle, OBJECTS, s))
+                    psr = float(np.mean([rates[o]["top1"] for o in OBJECTS if o != c]))
+                    f.write_text(json.dumps({"c_n": p, "ESR-1": 1 - rates[c]["top1"], "PSR-1": psr}))
+                out[setup][c][kind] = json.loads(f.read_text())
+    for setup in ("eq1", "neutral_target"):
+        out[f"summary_{setup}"] = {
+            k: {m: ms([out[setup][c][k][m] for c in CHOICE]) for m in ("PSR-1", "ESR-1")}
+            for k in ("most sensitive", "mid-spectrum", "empty")
+        }
     return out
 
 
@@ -275,11 +282,15 @@ def plots(r: dict, spectra, out: Path, pipe, oracle, runs) -> None:
     ax[0, 1].boxplot([list(v["per_erasure"].values()) for v in b.values()], tick_labels=list(b))
     ax[0, 1].set_ylabel("percentile (0 = most affected)")
     ax[0, 1].set_title("b. where the neutral prompts fall, over 22 erasures")
-    cs = r["c_preserved_choice"]["summary"]
-    ax[1, 0].bar(list(cs), [100 * v["PSR-1"]["mean"] for v in cs.values()],
-                 yerr=[100 * v["PSR-1"]["std"] for v in cs.values()], color=["C3", "C1", "C7"])  # fmt: skip
+    for k, (setup, label) in enumerate((("eq1", "eq. 1: target = preserved"), ("neutral_target", 'target "", preserve c_p'))):
+        cs = r["c_preserved_choice"][f"summary_{setup}"]
+        ax[1, 0].bar(np.arange(3) + 0.4 * k, [100 * v["PSR-1"]["mean"] for v in cs.values()], width=0.38, label=label,
+                     yerr=[100 * v["PSR-1"]["std"] for v in cs.values()])  # fmt: skip
+    ax[1, 0].set_xticks(np.arange(3) + 0.2, list(cs))
+    ax[1, 0].set_ylim(80, 100)
+    ax[1, 0].legend(loc="lower right")
     ax[1, 0].set_ylabel("PSR-1 on the other objects (%)")
-    ax[1, 0].set_title("c. which preserved c_n keeps the rest best (eq. 1)")
+    ax[1, 0].set_title("c. which preserved concept keeps the rest best")
     f = r["f_predictor"]["held_out_spearman"]
     names = ["text pooled\n(held out)", "text L2\n(held out)", "ε cosine\n(held out)", "xattn values\n(held out)",
              "predictor\n(held out)"]  # fmt: skip
@@ -309,8 +320,10 @@ def markdown(r: dict) -> str:
         f"| a. erased object's prompts drawn as another object of its family (chance {a['same_family_by_chance']:.2f}) | "
         f"{pm(a['erased_became_same_family'])} |",
         *[f"| b. percentile of {n} (0 = most affected; 22 erasures) | {v['mean']:.0f} ± {v['std']:.0f} |" for n, v in b.items()],
-        *[f"| c. erase an object (eq. 1) preserving the {k} concept: PSR-1 others / ESR-1 | "
-          f"{pm(v['PSR-1'], 100)} % / {pm(v['ESR-1'], 100)} % |" for k, v in c["summary"].items()],
+        *[f"| c. erase an object, {name}, preserving the {k} concept: PSR-1 others / ESR-1 | "
+          f"{pm(v['PSR-1'], 100)} % / {pm(v['ESR-1'], 100)} % |"
+          for setup, name in (("eq1", "eq. 1 (target = preserved)"), ("neutral_target", 'target ""'))
+          for k, v in c[f"summary_{setup}"].items()],
         f"| d. Spearman(text similarity, impact), pooled cosine | {pm(d['pooled_cosine'])} |",
         f"| d. Spearman(text similarity, impact), full-embedding L2 | {pm(d['full_l2'])} |",
         f"| d'. Spearman(base-model ε cosine, impact) | {pm(d['eps_cosine'])} |",
@@ -329,7 +342,7 @@ def markdown(r: dict) -> str:
         + "; ".join(f"{o}: " + ", ".join(f"{b} {n}" for b, n in sorted(v.items(), key=lambda x: -x[1])[:3])
                     for o, v in a["erased_became"].items()), "",
         "Preserved concepts chosen in c: " + "; ".join(f"{o}: " + ", ".join(f"{k} {v['c_n']!r}" for k, v in kv.items())
-                                                         for o, kv in c.items() if o != "summary"), "",
+                                                         for o, kv in c["eq1"].items()), "",
         "![a-d](impact_abcd.png)", "", "![spectrum of erasing circle](impact_spectrum_circle.png)", "",
         "![most and least affected by erasing circle](impact_extremes_circle.png)", "",
     ]  # fmt: skip

@@ -148,3 +148,14 @@ def test_spectrum_cli_writes_json_plots_and_extremes(mini_pipe, tmp_path, capsys
     emp = json.loads((tmp_path / "out" / "empirical.json").read_text())
     assert len(emp["concepts"]) == 2 and set(emp["distance"]) == set(emp["concepts"])
     assert "most affected" in capsys.readouterr().out
+
+
+def test_erase_cli_with_the_shipped_predictor(tmp_path):
+    out = tmp_path / "e"
+    assert main(["erase", "--method", "eap", "--adversary", "predicted", "--concept", "circle", "--template", "a {}",
+                 "--iterations", "2", "--out", str(out), "--no-preview"]) == 0  # fmt: skip
+    info = json.loads((out / "edit.json").read_text())
+    assert info["config"]["adversary"] == "predicted" and len(info["info"]["R"]) == 8
+    assert "circle" not in info["info"]["R"]
+    assert main(["erase", "--method", "esd", "--adversary", "predicted", "--concept", "circle", "--out", str(tmp_path / "x"),
+                 "--no-preview"]) == 2  # fmt: skip

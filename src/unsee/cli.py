@@ -129,7 +129,7 @@ def _erase(args: argparse.Namespace) -> None:
     from unsee.sampling import sample
 
     overrides = _parse_set(args.set)
-    for name in ("iterations", "lr", "params", "template"):
+    for name in ("iterations", "lr", "params", "template", "adversary"):
         if getattr(args, name) is not None:
             overrides[name] = getattr(args, name)
     cfg = make_config(args.method, **overrides)
@@ -180,6 +180,8 @@ def _add_erase(sub: argparse._SubParsersAction) -> None:
     er.add_argument("--lr", type=float, default=None)
     er.add_argument("--params", default=None, help="xattn | noxattn | selfattn | full")
     er.add_argument("--template", default=None, help='prompt for a concept, e.g. "a {}"')
+    er.add_argument("--adversary", default=None, choices=("search", "predicted"),
+                    help="eap: find preserved concepts by the search (eq. 4) or take the impact predictor's")  # fmt: skip
     er.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="any other method setting")
     er.add_argument("--checkpoint-every", type=int, default=50)
     er.add_argument("--resume", action="store_true", help="continue from OUT/checkpoint.pt")

@@ -41,8 +41,9 @@ class EAPConfig(MethodConfig):
     logit_lr: float = 1e-2
     search_steps: int = 1
     """Ascent steps on the logits per UNet update; 1 shares the UNet step's backward pass."""
-    adversary_latents: Literal["own", "shared"] = "own"
-    """z_t for the preserved concept: its own partial DDIM (EAP) or the erased concept's."""
+    adversary_latents: Literal["own", "shared"] = "shared"
+    """z_t for the preserved concept: the erased concept's (default: on the object protocol it kept
+    PSR-1 at 83.9 vs 82.0% in 1.38x ESD's time vs 1.83x) or its own partial DDIM (published EAP)."""
     words: tuple[str, ...] = ()
     """The vocabulary R is drawn from (default: the tokenizer's whole words)."""
     exclude: tuple[str, ...] = ()

@@ -21,6 +21,9 @@ class NeutralConfig(MethodConfig):
     c_n: str = ""
     """The neutral target and preserved concept ("" or e.g. "a picture")."""
     lambda_: float = 1.0
+    c_p: str | None = None
+    """A preserved concept other than c_n (None: c_n itself, equation 1 as written); for asking which
+    concept is best to preserve while the target stays neutral."""
 
 
 @register("neutral", NeutralConfig)
@@ -29,14 +32,17 @@ def erase_neutral(pipe: StableDiffusionPipeline, concepts: Sequence[str], cfg: N
     tr = Trainer(pipe, concepts, cfg, generator, run)
     with torch.no_grad():
         c_n = encode_prompts(pipe, [cfg.c_n])
+        c_p = None if cfg.c_p is None else encode_prompts(pipe, [cfg.c_p])
 
     def step(_: int) -> dict[str, torch.Tensor]:
         idx = tr.draw_concepts(cfg.batch_size)
         c_e, cn = tr.c_e[idx], c_n.expand(len(idx), -1, -1)
         z, t = tr.draw_zt(c_e)
         target = tr.eps_frozen(z, t, cn)
-        out_e, out_n = tr.eps_trained(torch.cat([z, z]), t, torch.cat([c_e, cn])).chunk(2)  # one batched pass
-        l1, l2 = mse(out_e, target), mse(out_n, target)
+        cp = cn if c_p is None else c_p.expand(len(idx), -1, -1)
+        keep = target if c_p is None else tr.eps_frozen(z, t, cp)
+        out_e, out_p = tr.eps_trained(torch.cat([z, z]), t, torch.cat([c_e, cp])).chunk(2)  # one batched pass
+        l1, l2 = mse(out_e, target), mse(out_p, keep)
         return {"loss": l1 + cfg.lambda_ * l2, "l_erase": l1.detach(), "l_preserve": l2.detach()}
 
     tr.train(step, "neutral")
