@@ -114,14 +114,17 @@ def main() -> None:
 
     # a. family
     ratios, text_ratios = {}, {}
-    cos_pooled = torch.nn.functional.normalize(feats.pooled, dim=-1) @ torch.nn.functional.normalize(feats.pooled, dim=-1).T
+    unit = lambda x: torch.nn.functional.normalize(x, dim=-1)  # noqa: E731
+    cos_pooled, cos_full = unit(feats.pooled) @ unit(feats.pooled).T, unit(feats.full) @ unit(feats.full).T
     for o in OBJECTS:
         same = [x for x in FAMILIES[FAMILY_OF[o]] if x != o]
         other = [x for x in OBJECTS if FAMILY_OF[x] != FAMILY_OF[o]]
         ratios[o] = float(np.mean([impact[o][W(x)] for x in same]) / np.mean([impact[o][W(x)] for x in other]))
-        text_ratios[o] = float(np.mean([cos_pooled[W(o), W(x)] for x in same]) - np.mean([cos_pooled[W(o), W(x)] for x in other]))
+        text_ratios[o] = {k: float(np.mean([m[W(o), W(x)] for x in same]) - np.mean([m[W(o), W(x)] for x in other]))
+                          for k, m in (("pooled", cos_pooled), ("full", cos_full))}  # fmt: skip
     report["a_family"] = {"impact_ratio": {"per_object": ratios, **ms(ratios.values())},
-                          "text_cosine_gap": {"per_object": text_ratios, **ms(text_ratios.values())},
+                          "text_cosine_gap": {k: {"per_object": {o: v[k] for o, v in text_ratios.items()},
+                                                  **ms([v[k] for v in text_ratios.values()])} for k in ("pooled", "full")},
                           "family_word_impact_rank": {o: sorted(words, key=lambda w: -float(impact[o][W(w)])).index(FAMILY_OF[o])
                                                       for o in OBJECTS}}  # fmt: skip
     # a'. what an erased object's prompts draw instead, and whether it stays in the family
@@ -316,7 +319,9 @@ def markdown(r: dict) -> str:
         "Impact = −score = mean ‖ε′(c, z_t) − ε(c, z_t)‖² (higher = more affected). Mean ± std over erasures.", "",
         "| observation | result |", "|---|---|",
         f"| a. own-family / other-family mean impact (10 object erasures) | {pm(a['impact_ratio'])} |",
-        f"| a. pooled text cosine, own family minus other families | {pm(a['text_cosine_gap'])} |",
+        f"| a. text cosine, own family minus other families: end-of-text token | {a['text_cosine_gap']['pooled']['mean']:.4f} |",
+        f"| a. text cosine, own family minus other families: full sequence | "
+        f"{a['text_cosine_gap']['full']['mean']:.3f} ± {a['text_cosine_gap']['full']['std']:.3f} |",
         f"| a. erased object's prompts drawn as another object of its family (chance {a['same_family_by_chance']:.2f}) | "
         f"{pm(a['erased_became_same_family'])} |",
         *[f"| b. percentile of {n} (0 = most affected; 22 erasures) | {v['mean']:.0f} ± {v['std']:.0f} |" for n, v in b.items()],
