@@ -44,6 +44,12 @@ def test_a_few_training_steps_lower_the_loss(tmp_path):
     after["text_encoder"].load_state_dict(ck["text_encoder"])
     assert _fixed_loss(after) < 0.8 * _fixed_loss(before)
     assert (tmp_path / "pipeline" / "model_index.json").exists()
+    # the export says how to sample it and how far it was trained, so `unsee generate --model` uses 10 steps
+    from unsee.models import sampling_defaults
+
+    d = sampling_defaults(str(tmp_path / "pipeline"))
+    assert (d.steps, d.guidance_scale) == (10, 6.0)
+    assert json.loads((tmp_path / "pipeline" / "unsee.json").read_text())["training"]["steps"] == 25
 
 
 def test_interrupted_run_resumes_to_the_same_weights(tmp_path):

@@ -149,8 +149,13 @@ def _save_atomic(obj: dict, path: Path) -> None:
     os.replace(tmp, path)
 
 
-def export_pipeline(components: dict, out: Path, dtype: torch.dtype = torch.float32) -> None:
-    """Write a diffusers folder in fp32: transformers loads weights in their saved dtype."""
+SAMPLING = {"steps": 10, "guidance_scale": 6.0}
+"""How the mini model is meant to be sampled (10 DDIM steps at guidance 5-7 is as good as 25)."""
+
+
+def export_pipeline(components: dict, out: Path, dtype: torch.dtype = torch.float32, training: dict | None = None) -> None:
+    """Write a diffusers folder in fp32 (transformers loads weights in their saved dtype), with an
+    ``unsee.json`` giving its sampling defaults and how far it was trained."""
     pipe = make_pipeline({k: copy.deepcopy(v) for k, v in components.items()})
     pipe.to(dtype=dtype)
     # Write beside, then swap: a run killed mid-export must not leave a folder mixing two steps.
@@ -158,6 +163,7 @@ def export_pipeline(components: dict, out: Path, dtype: torch.dtype = torch.floa
     tmp, old = out.with_name(out.name + ".tmp"), out.with_name(out.name + ".old")
     shutil.rmtree(tmp, ignore_errors=True)
     pipe.save_pretrained(tmp, safe_serialization=True)
+    (tmp / "unsee.json").write_text(json.dumps({"sampling": SAMPLING, "training": training or {}}, indent=2))
     if out.exists():
         os.replace(out, old)
     os.replace(tmp, out)
@@ -312,7 +318,8 @@ def train_mini(
             state["elapsed"] = time.perf_counter() - t0
             checkpoint()
         if state["step"] % cfg.export_every == 0 or done:
-            export_pipeline(dict(comps, unet=ema_unet, text_encoder=ema_text, vae=vae), out_dir / "pipeline")
+            export_pipeline(dict(comps, unet=ema_unet, text_encoder=ema_text, vae=vae), out_dir / "pipeline",
+                            training={"steps": state["step"], "config": asdict(cfg)})  # fmt: skip
             (out_dir / "train_log.json").write_text(json.dumps(state["log"]))
     bar.close()
     (out_dir / "train_log.json").write_text(json.dumps({"elapsed_s": time.perf_counter() - t0, "log": state["log"]}, indent=1))
