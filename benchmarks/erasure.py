@@ -19,7 +19,7 @@ import torch
 
 from unsee.methods import erase, make_config
 from unsee.metrics.protocols import SPLITS, Sampling, class_rates, judge_objects, object_scores, style_scores
-from unsee.models import load_pipeline, sampling_defaults
+from unsee.models import fingerprint, load_pipeline, sampling_defaults
 from unsee.world import OBJECTS, STYLE_WORDS
 from unsee.world.captions import OBJECT_SYNONYMS
 from unsee.world.oracle import load_oracle
@@ -62,9 +62,12 @@ def main() -> None:
     common = COMMON | {k: json.loads(v) if v[:1].isdigit() or v[:1] in "-[{" else v
                        for k, v in (s.split("=", 1) for s in args.set)}  # fmt: skip
     out = Path(args.out)
-    parts = out.with_name(out.name + "_runs")
-    parts.mkdir(parents=True, exist_ok=True)
     pipe, oracle = load_pipeline("mini"), load_oracle()
+    # Runs are kept per base model: retraining the mini model starts a fresh folder instead of
+    # silently reusing results measured on the old weights.
+    fp = fingerprint(pipe)
+    parts = out.with_name(out.name + "_runs") / fp
+    parts.mkdir(parents=True, exist_ok=True)
     d = sampling_defaults("mini")
     s = Sampling(n=args.n, seed=0, steps=d.steps, guidance_scale=d.guidance_scale)
 
@@ -95,7 +98,7 @@ def main() -> None:
                 f.write_text(json.dumps(res, indent=1, default=str))
                 print(label, i, {k: round(v, 3) for k, v in res.items() if isinstance(v, float)}, flush=True)
             rows[label].append(json.loads(f.read_text()))
-    report = summarise(rows, common, args)
+    report = summarise(rows, common, args, fp)
     if args.style:
         report["style"] = style_rows(pipe, oracle, s, args, common, parts)
         report["markdown"] += report["style"]["markdown"]
@@ -139,7 +142,7 @@ def style_rows(pipe, oracle, s: Sampling, args, common: dict, parts: Path) -> di
     return {"rows": rows, "markdown": "\n".join(lines) + "\n"}
 
 
-def summarise(rows: dict[str, list[dict]], common: dict, args: argparse.Namespace) -> dict:
+def summarise(rows: dict[str, list[dict]], common: dict, args: argparse.Namespace, fp: str) -> dict:
     keys = ["ESR-1", "ESR-3", "PSR-1", "PSR-3", "colour_preserved"]
     base_psr = np.mean([r["PSR-1"] for r in rows["base"]])
     table = [
@@ -154,7 +157,8 @@ def summarise(rows: dict[str, list[dict]], common: dict, args: argparse.Namespac
         table.append(f"| {m} | " + " | ".join(_fmt(summary[m][k]) for k in keys)
                      + f" | {100 * loss:.1f} | {secs:.0f} |")  # fmt: skip
     lines = ["# Object erasure on the mini model (5 of 10 objects at once, 4 splits)", "",
-             f"Splits {list(args.splits)}; {args.n} images × 8 prompts per class; oracle top-k; mean ± std over splits.",
+             f"Model: `mini`, fingerprint `{fp}`. Splits {list(args.splits)}; {args.n} images × 8 prompts per class; "
+             "oracle top-k; mean ± std over splits.",
              f"Shared settings: `{json.dumps(common)}`; per row: `{json.dumps(SETTINGS)}`.", "", *table, ""]  # fmt: skip
     for label in [m for m in summary if m.startswith("eap") and m != "eap-pgd"]:
         if "esd" in summary:
@@ -167,6 +171,7 @@ def summarise(rows: dict[str, list[dict]], common: dict, args: argparse.Namespac
                 summary[f"{label}_loss_over_{other}_loss"] = rel
                 lines.append(f"{label}'s PSR-1 loss / {other}'s: {rel:.2f}")
     summary["markdown"] = "\n".join(lines) + "\n"
+    summary["model_fingerprint"] = fp
     return summary
 
 

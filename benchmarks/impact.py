@@ -86,9 +86,9 @@ def main() -> None:
     args = ap.parse_args()
     torch.set_num_threads(2)
     out = Path(args.out)
-    runs = out.with_name(out.name + "_runs")
-    (runs / "spectra").mkdir(parents=True, exist_ok=True)
     pipe, oracle = load_pipeline("mini"), load_oracle()
+    runs = out.with_name(out.name + "_runs") / fingerprint(pipe)  # per base model: a retrained model starts afresh
+    (runs / "spectra").mkdir(parents=True, exist_ok=True)
     vocab = concept_vocabulary(pipe)
     words = list(vocab.words)
     draws = make_draws(pipe, args.draws)
@@ -107,7 +107,7 @@ def main() -> None:
         spectra[c] = Spectrum(tuple(d["scores"]), torch.tensor(list(d["scores"].values())), tuple(d["concepts"]), d["method"])
         print(c, "ok", flush=True)
     impact = {c: -s.scores for c, s in spectra.items()}  # higher = more affected
-    report: dict = {"erase_settings": ERASE, "draws": args.draws, "vocabulary": words,
+    report: dict = {"model_fingerprint": fingerprint(pipe), "erase_settings": ERASE, "draws": args.draws, "vocabulary": words,
                     "erase_seconds": ms([Edit.load(runs / "edits" / c).info["seconds"] for c in erased])}  # fmt: skip
     feats = concept_features(pipe, vocab, draws, cache)
     W = lambda w: words.index(w)  # noqa: E731
@@ -316,7 +316,8 @@ def markdown(r: dict) -> str:
         "# Impact of an erasure on other concepts (mini world)", "",
         f"22 single-concept ESD-x erasures ({json.dumps(r['erase_settings'])}, {r['erase_seconds']['mean']:.0f} s each), "
         f"each scored over {len(r['vocabulary'])} concepts with {r['draws']} fixed (z_t, t) draws. "
-        "Impact = −score = mean ‖ε′(c, z_t) − ε(c, z_t)‖² (higher = more affected). Mean ± std over erasures.", "",
+        "Impact = −score = mean ‖ε′(c, z_t) − ε(c, z_t)‖² (higher = more affected). Mean ± std over erasures. "
+        f"Model: `mini`, fingerprint `{r.get('model_fingerprint', '?')}`.", "",
         "| observation | result |", "|---|---|",
         f"| a. own-family / other-family mean impact (10 object erasures) | {pm(a['impact_ratio'])} |",
         f"| a. text cosine, own family minus other families: end-of-text token | {a['text_cosine_gap']['pooled']['mean']:.4f} |",

@@ -16,7 +16,7 @@ import numpy as np
 import torch
 
 from unsee.metrics.oracle import judge_prompts
-from unsee.models import load_pipeline, resolve, sampling_defaults
+from unsee.models import fingerprint, load_pipeline, resolve, sampling_defaults
 from unsee.world import FAMILIES, OBJECTS
 from unsee.world.oracle import evaluate_oracle, load_oracle
 from unsee.world.prompts import background_set, family_set, object_colour_set, synonym_set, two_object_set
@@ -46,6 +46,7 @@ def main() -> None:
     report: dict = {"model": args.model, "oracle_heldout_top1": evaluate_oracle(oracle, n=4000, seed=1),
                     "oracle_heldout_two_object_top2": evaluate_oracle(oracle, n=1000, seed=1, two_objects=True)}  # fmt: skip
     pipe = load_pipeline(args.model)
+    report["model_fingerprint"] = fingerprint(pipe)
     d = sampling_defaults(args.model)
     report["sampling"] = {"steps": d.steps, "guidance_scale": d.guidance_scale, "images_per_prompt": args.n}
 
@@ -108,7 +109,7 @@ def main() -> None:
 
 def to_markdown(r: dict) -> str:
     pct = lambda x: f"{100 * x:.1f}%"  # noqa: E731
-    lines = [f"# World quality: `{r['model']}`", "",
+    lines = [f"# World quality: `{r['model']}` (fingerprint `{r.get('model_fingerprint', '?')}`)", "",
              f"Sampling: {r['sampling']['steps']} DDIM steps, guidance {r['sampling']['guidance_scale']}, "
              f"{r['sampling']['images_per_prompt']} images per prompt, fixed seeds.", "",
              "| measure | value | goal |", "|---|---|---|",

@@ -11,7 +11,7 @@ from diffusers import StableDiffusionPipeline
 from conftest import tiny_config
 from unsee.models import BUNDLED, folder_size
 from unsee.world.data import make_batch, scene_rng
-from unsee.world.mini import build_components, diffusion_loss, min_snr_weights, train_mini
+from unsee.world.mini import MiniConfig, build_components, diffusion_loss, learning_rate, min_snr_weights, train_mini
 
 
 def test_shipped_pipeline_loads_with_plain_diffusers_and_generates():
@@ -53,11 +53,12 @@ def test_a_few_training_steps_lower_the_loss(tmp_path):
 
 
 def test_interrupted_run_resumes_to_the_same_weights(tmp_path):
-    cfg = tiny_config(vae_steps=3, steps=4, checkpoint_every=2, export_every=100)
+    # The lr anneals inside the run, so the resumed half must pick the schedule up where it stopped.
+    run = dict(vae_steps=3, checkpoint_every=2, export_every=100, warmup=1, anneal_from=1, anneal_to=4)
+    cfg = tiny_config(steps=4, **run)
     train_mini(cfg, tmp_path / "straight", progress=False)
     # An interrupted run: stop after 2 UNet steps (the checkpoint at step 2), then resume to 4.
-    train_mini(tiny_config(vae_steps=3, steps=2, checkpoint_every=2, export_every=100), tmp_path / "split",
-               progress=False)  # fmt: skip
+    train_mini(tiny_config(steps=2, **run), tmp_path / "split", progress=False)
     train_mini(cfg, tmp_path / "split", resume=True, progress=False)
     a = torch.load(tmp_path / "straight" / "checkpoint.pt", weights_only=False)
     b = torch.load(tmp_path / "split" / "checkpoint.pt", weights_only=False)
@@ -78,3 +79,41 @@ def test_resume_refuses_another_config(tmp_path):
 def test_shipped_model_records_how_it_was_trained():
     info = json.loads((BUNDLED["mini"] / "unsee.json").read_text())
     assert info["sampling"]["steps"] > 0 and info["training"]["steps"] > 0
+
+
+def test_learning_rate_warms_up_holds_and_anneals_to_zero():
+    cfg = MiniConfig(lr=1e-3, warmup=10, anneal_from=100, anneal_to=200)
+    lrs = [learning_rate(cfg, s) for s in range(250)]
+    assert lrs[0] == pytest.approx(1e-4) and lrs[9] == pytest.approx(1e-3)
+    assert all(x == pytest.approx(1e-3) for x in lrs[9:101])
+    assert lrs[150] == pytest.approx(5e-4) and lrs[200] == 0.0 and max(lrs[200:]) == 0.0
+    assert all(a >= b for a, b in zip(lrs[100:], lrs[101:]))  # monotone decay
+    # a warm start (--init-from at step 100) warms up again, then follows the same absolute schedule
+    assert learning_rate(cfg, 100, warm_from=100) == pytest.approx(1e-4)
+    assert learning_rate(cfg, 150, warm_from=100) == pytest.approx(5e-4)
+
+
+class _ConstantUNet(torch.nn.Module):
+    """Predicts -c(t) everywhere, so the per-sample MSE is c(t)^2 + E[noise^2]: a known function of t."""
+
+    device = torch.device("cpu")
+
+    def forward(self, xt, t, cond):
+        from types import SimpleNamespace
+
+        return SimpleNamespace(sample=-(t.float() / 500).view(-1, 1, 1, 1).expand_as(xt))
+
+
+def test_weighted_timestep_sampling_keeps_the_min_snr_objective():
+    comps = build_components(tiny_config()) | {"unet": _ConstantUNet()}
+    batch = make_batch(scene_rng(0, 78, 0), 4096)
+    w = min_snr_weights(5.0)
+    t = torch.arange(len(w)).float()
+    expected = float((w * ((t / 500) ** 2 + 1)).mean())  # uniform t, weight w(t), MSE c(t)^2 + 1
+    with torch.no_grad():
+        got = {s: diffusion_loss(comps, batch.images, batch.captions, w, torch.Generator().manual_seed(2), t_sampling=s).item()
+               for s in ("uniform", "weighted")}  # fmt: skip
+    for s, v in got.items():
+        assert v == pytest.approx(expected, rel=0.04), s
+    with pytest.raises(ValueError, match="t_sampling"):
+        diffusion_loss(comps, batch.images[:2], batch.captions[:2], w, torch.Generator(), t_sampling="sqrt")

@@ -41,13 +41,20 @@ class MiniConfig:
     vae_steps: int = 500
     vae_lr: float = 1e-3
     vae_kl_weight: float = 1e-6
-    steps: int = 3600
+    steps: int = 4500
     batch_size: int = 64
     lr: float = 8e-4
     warmup: int = 200
+    # lr falls linearly to 0 from anneal_from to anneal_to (absolute steps, so that stopping
+    # early and resuming gives the same weights as one run).
+    anneal_from: int = 2700
+    anneal_to: int = 4500
     weight_decay: float = 1e-2
-    ema_decay: float = 0.999
+    ema_decay: float = 0.998
     min_snr_gamma: float = 5.0
+    # "weighted": draw t with probability proportional to its min-SNR weight (same objective in
+    # expectation, no compute spent on near-zero-weight low-noise steps); "uniform": as in SD.
+    t_sampling: str = "weighted"
     checkpoint_every: int = 200
     export_every: int = 600
     unet_channels: tuple[int, ...] = (64, 128, 128)
@@ -297,11 +304,11 @@ def train_mini(
         s = state["step"]
         g = torch.Generator().manual_seed(cfg.seed * 1_000_003 + 500_000 + s)
         loss = diffusion_loss(comps | {"unet": unet, "text_encoder": text_encoder, "vae": vae}, images, list(captions),
-                              weight, g)  # fmt: skip
+                              weight, g, t_sampling=cfg.t_sampling)  # fmt: skip
         if not torch.isfinite(loss):
             raise FloatingPointError(f"UNet loss is {loss.item()} at step {s}; lower --lr or resume from the checkpoint")
         for group in opt.param_groups:
-            group["lr"] = cfg.lr * min(1.0, (s - state.get("warm_from", 0) + 1) / cfg.warmup)
+            group["lr"] = learning_rate(cfg, s, state.get("warm_from", 0))
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(params, 1.0)
@@ -319,11 +326,20 @@ def train_mini(
             checkpoint()
         if state["step"] % cfg.export_every == 0 or done:
             export_pipeline(dict(comps, unet=ema_unet, text_encoder=ema_text, vae=vae), out_dir / "pipeline",
-                            training={"steps": state["step"], "config": asdict(cfg)})  # fmt: skip
+                            training={"steps": state["step"], "elapsed_s": round(time.perf_counter() - t0, 1),
+                                      "device": device, "config": asdict(cfg)})  # fmt: skip
             (out_dir / "train_log.json").write_text(json.dumps(state["log"]))
     bar.close()
     (out_dir / "train_log.json").write_text(json.dumps({"elapsed_s": time.perf_counter() - t0, "log": state["log"]}, indent=1))
     return out_dir / "pipeline"
+
+
+def learning_rate(cfg: MiniConfig, step: int, warm_from: int = 0) -> float:
+    """Linear warm-up over ``cfg.warmup`` steps, constant, then linear decay to 0 over [anneal_from, anneal_to]."""
+    warm = min(1.0, (step - warm_from + 1) / cfg.warmup)
+    span = max(cfg.anneal_to - cfg.anneal_from, 1)
+    decay = min(1.0, max(0.0, (cfg.anneal_to - step) / span))
+    return cfg.lr * warm * decay
 
 
 @functools.cache
@@ -339,22 +355,39 @@ def min_snr_weights(gamma: float) -> torch.Tensor:
 
 
 def diffusion_loss(
-    comps: dict, images: torch.Tensor, captions: list[str], weight: torch.Tensor, generator: torch.Generator
+    comps: dict,
+    images: torch.Tensor,
+    captions: list[str],
+    weight: torch.Tensor,
+    generator: torch.Generator,
+    t_sampling: str = "uniform",
 ) -> torch.Tensor:
-    """Min-SNR-weighted epsilon MSE on a batch; all noise drawn on the CPU from ``generator``."""
+    """Min-SNR-weighted epsilon MSE on a batch; all noise drawn on the CPU from ``generator``.
+
+    ``t_sampling="weighted"`` draws t with probability w(t) / sum(w) and weighs every sample
+    by mean(w): the same objective in expectation as uniform t with weights w(t).
+    """
+    if t_sampling not in ("uniform", "weighted"):
+        raise ValueError(f"unknown t_sampling {t_sampling!r}; use 'uniform' or 'weighted'")
     vae, unet = comps["vae"], comps["unet"]
     device = unet.device
     with torch.no_grad():
         post = vae.encode(images.to(device)).latent_dist
         x0 = post.mean + post.std * torch.randn(post.mean.shape, generator=generator).to(device)
         x0 = x0 * vae.config.scaling_factor
-    t = torch.randint(0, len(weight), (x0.shape[0],), generator=generator)
+    w = weight.cpu()
+    if t_sampling == "weighted":
+        t = torch.multinomial(w, x0.shape[0], replacement=True, generator=generator)
+        w_t = w.mean().expand(x0.shape[0])
+    else:
+        t = torch.randint(0, len(w), (x0.shape[0],), generator=generator)
+        w_t = w[t]
     noise = torch.randn(x0.shape, generator=generator)
     a = _alphas_cumprod()[t].view(-1, 1, 1, 1).to(device)
     xt = a.sqrt() * x0 + (1 - a).sqrt() * noise.to(device)
     cond = encode_text(comps["tokenizer"], comps["text_encoder"], captions)
     pred = unet(xt, t.to(device), cond).sample
-    return (weight[t.to(device)] * ((pred - noise.to(device)) ** 2).mean(dim=(1, 2, 3))).mean()
+    return (w_t.to(device) * ((pred - noise.to(device)) ** 2).mean(dim=(1, 2, 3))).mean()
 
 
 @torch.no_grad()
