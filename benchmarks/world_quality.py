@@ -17,7 +17,8 @@ import torch
 
 from unsee.metrics.oracle import judge_prompts
 from unsee.models import fingerprint, load_pipeline, resolve, sampling_defaults
-from unsee.world import FAMILIES, OBJECTS
+from unsee.sampling import encode_text
+from unsee.world import BACKGROUNDS, FAMILIES, OBJECTS
 from unsee.world.oracle import evaluate_oracle, load_oracle
 from unsee.world.prompts import background_set, family_set, object_colour_set, synonym_set, two_object_set
 
@@ -27,6 +28,17 @@ RESULTS = Path(__file__).parent / "results"
 def _judge(pipe, oracle, expected, n, seed, d):
     return judge_prompts(pipe, oracle, [e.prompt for e in expected], n=n, seed=seed, steps=d.steps,
                          guidance_scale=d.guidance_scale, k=3, progress=True)  # fmt: skip
+
+
+@torch.no_grad()
+def background_text_distance(pipe) -> dict[str, float]:
+    """L2 between the text encoder's full-sequence outputs for "a red circle on a {b} background",
+    per pair of backgrounds, over the largest pair: how far apart the model's text keeps the styles."""
+    bgs = list(BACKGROUNDS)
+    e = encode_text(pipe.tokenizer, pipe.text_encoder, [f"a red circle on a {b} background" for b in bgs]).flatten(1)
+    d = torch.cdist(e, e)
+    d = d / d.max()
+    return {f"{a}-{b}": float(d[i, j]) for i, a in enumerate(bgs) for j, b in enumerate(bgs) if i < j}
 
 
 def _mean(xs):
@@ -70,6 +82,7 @@ def main() -> None:
         per_bg[e.background].append(r.rate("background", e.background))
     report["background_top1"] = {b: _mean(v) for b, v in per_bg.items()}
     report["background_top1_mean"] = _mean(list(report["background_top1"].values()))
+    report["background_text_distance"] = background_text_distance(pipe)
     report["background_set_object_top1"] = _mean([r.rate("object", e.obj) for e, r in zip(bg, res)])
 
     syn = synonym_set()
@@ -125,6 +138,8 @@ def to_markdown(r: dict) -> str:
              "", "Per object: " + ", ".join(f"{k} {pct(v)}" for k, v in r["object_top1"].items()),
              "", "Per colour: " + ", ".join(f"{k} {pct(v)}" for k, v in r["colour_top1"].items()),
              "", "Per background: " + ", ".join(f"{k} {pct(v)}" for k, v in r["background_top1"].items()),
+             "", "Text-encoder distance between background prompts (over the largest pair): "
+             + ", ".join(f"{k} {v:.2f}" for k, v in r.get("background_text_distance", {}).items()),
              "", "Synonyms (object or style top-1): " + ", ".join(f"{k} {pct(v)}" for k, v in r["synonyms"].items()),
              "", "Family-word prompts, top-1 object in the family: "
              + ", ".join(f"{k} {pct(v)} (chance {pct(r['family_chance'][k])})"

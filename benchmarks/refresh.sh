@@ -1,0 +1,18 @@
+#!/usr/bin/env bash
+# Re-measure every benchmark on the shipped mini model, in the order the results depend on each other:
+# the world's quality, then the impact analyses (which retrain and ship the impact predictor the
+# erasure benchmark's `eap-predicted` row uses), then erasure. Runs are cached per model
+# fingerprint under benchmarks/results/*_runs/<fingerprint>/, so an interrupted refresh resumes
+# where it stopped. About 2 hours on 2 CPU cores. Usage: bash benchmarks/refresh.sh [LOGDIR]
+set -euo pipefail
+cd "$(dirname "$0")/.."
+py=${PYTHON:-.venv/bin/python}
+log=${1:-runs/refresh}
+mkdir -p "$log"
+step() { echo "$(date -u +%FT%TZ) $1"; shift; "$@" > "$log/$1.log" 2>&1 || { echo "failed: see $log/$1.log"; exit 1; }; }
+step "world quality" world_quality "$py" benchmarks/world_quality.py
+step "impact (ships the predictor)" impact "$py" benchmarks/impact.py --ship
+step "erasure" erasure "$py" benchmarks/erasure.py --methods esd esd-gentle neutral eap eap-shared eap-predicted eap-pgd
+step "erasure, style protocol" erasure_style "$py" benchmarks/erasure.py --methods esd eap --splits 0 --style checkered \
+  --out benchmarks/results/erasure_style
+echo "$(date -u +%FT%TZ) done"
