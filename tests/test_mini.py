@@ -68,6 +68,17 @@ def test_interrupted_run_resumes_to_the_same_weights(tmp_path):
             torch.testing.assert_close(b[key][name], t, rtol=0, atol=0, msg=f"{key}.{name}")
 
 
+def test_keep_exports_keeps_every_export_with_its_step(tmp_path):
+    train_mini(tiny_config(vae_steps=2, steps=4, export_every=2, checkpoint_every=100, keep_exports=True), tmp_path,
+               progress=False)  # fmt: skip
+    for step in (2, 4):
+        info = json.loads((tmp_path / "exports" / f"step{step}" / "unsee.json").read_text())
+        assert info["training"]["steps"] == step and info["training"]["elapsed_s"] > 0
+    a = StableDiffusionPipeline.from_pretrained(tmp_path / "exports" / "step4").unet.state_dict()
+    b = StableDiffusionPipeline.from_pretrained(tmp_path / "pipeline").unet.state_dict()
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+
 def test_resume_refuses_another_config(tmp_path):
     train_mini(tiny_config(vae_steps=2, steps=1, checkpoint_every=1), tmp_path, progress=False)
     with pytest.raises(ValueError, match="another config"):

@@ -65,11 +65,12 @@ class MiniConfig:
     heads: int = 8
     threads: int = 0  # 0 = torch's default
     workers: int = 0  # processes drawing batches; 0 draws in the training process
+    keep_exports: bool = False  # also keep every export as out_dir/exports/step{N} (accuracy by step)
     extra: dict = field(default_factory=dict)
 
 
 # Settings that do not change the trained weights: a run may resume with other values.
-_RUN_ONLY = ("steps", "checkpoint_every", "export_every", "workers", "threads")
+_RUN_ONLY = ("steps", "checkpoint_every", "export_every", "workers", "threads", "keep_exports")
 
 
 def _result_config(c: dict) -> dict:
@@ -325,9 +326,11 @@ def train_mini(
             state["elapsed"] = time.perf_counter() - t0
             checkpoint()
         if state["step"] % cfg.export_every == 0 or done:
-            export_pipeline(dict(comps, unet=ema_unet, text_encoder=ema_text, vae=vae), out_dir / "pipeline",
-                            training={"steps": state["step"], "elapsed_s": round(time.perf_counter() - t0, 1),
-                                      "device": device, "config": asdict(cfg)})  # fmt: skip
+            training = {"steps": state["step"], "elapsed_s": round(time.perf_counter() - t0, 1), "device": device,
+                        "config": asdict(cfg)}  # fmt: skip
+            export_pipeline(dict(comps, unet=ema_unet, text_encoder=ema_text, vae=vae), out_dir / "pipeline", training=training)
+            if cfg.keep_exports:
+                shutil.copytree(out_dir / "pipeline", out_dir / "exports" / f"step{state['step']}", dirs_exist_ok=True)
             (out_dir / "train_log.json").write_text(json.dumps(state["log"]))
     bar.close()
     (out_dir / "train_log.json").write_text(json.dumps({"elapsed_s": time.perf_counter() - t0, "log": state["log"]}, indent=1))
