@@ -79,6 +79,17 @@ def test_keep_exports_keeps_every_export_with_its_step(tmp_path):
     assert all(torch.equal(a[k], b[k]) for k in a)
 
 
+def test_frozen_token_embeddings_stay_at_initialisation(tmp_path):
+    cfg = tiny_config(vae_steps=2, steps=3, lr=1e-2, warmup=1, checkpoint_every=100, freeze_token_embeddings=True)
+    train_mini(cfg, tmp_path, progress=False)
+    ck = torch.load(tmp_path / "checkpoint.pt", weights_only=False)
+    init = build_components(cfg)["text_encoder"].state_dict()
+    key = "embeddings.token_embedding.weight"
+    assert torch.equal(ck["text_encoder"][key], init[key]) and torch.equal(ck["ema_text"][key], init[key])
+    moved = "embeddings.position_embedding.weight"
+    assert not torch.equal(ck["text_encoder"][moved], init[moved])
+
+
 def test_resume_refuses_another_config(tmp_path):
     train_mini(tiny_config(vae_steps=2, steps=1, checkpoint_every=1), tmp_path, progress=False)
     with pytest.raises(ValueError, match="another config"):

@@ -63,6 +63,7 @@ def _add_world(sub: argparse._SubParsersAction) -> None:
     tr.add_argument("--ema-decay", type=float, default=defaults.ema_decay)
     tr.add_argument("--t-sampling", choices=("weighted", "uniform"), default=defaults.t_sampling)
     tr.add_argument("--keep-exports", action="store_true", help="also keep every export as OUT/exports/stepN")
+    tr.add_argument("--freeze-token-embeddings", action="store_true", help="keep the token embeddings at initialisation")
     tr.set_defaults(func=_world_train)
     sa = wsub.add_parser("sample", help="draw a labelled grid of ground-truth scenes and captions")
     sa.add_argument("--out", default="world.png")

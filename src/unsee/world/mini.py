@@ -55,6 +55,8 @@ class MiniConfig:
     # "weighted": draw t with probability proportional to its min-SNR weight (same objective in
     # expectation, no compute spent on near-zero-weight low-noise steps); "uniform": as in SD.
     t_sampling: str = "weighted"
+    # Keep the text encoder's token embeddings at their random (near-orthogonal) initialisation.
+    freeze_token_embeddings: bool = False
     checkpoint_every: int = 200
     export_every: int = 600
     unet_channels: tuple[int, ...] = (64, 128, 128)
@@ -222,7 +224,9 @@ def train_mini(
     comps = build_components(cfg)
     text_encoder, vae, unet = comps["text_encoder"], comps["vae"], comps["unet"]
     vae_opt = torch.optim.AdamW(vae.parameters(), lr=cfg.vae_lr)
-    params = list(unet.parameters()) + list(text_encoder.parameters())
+    if cfg.freeze_token_embeddings:
+        text_encoder.get_input_embeddings().requires_grad_(False)
+    params = [p for p in list(unet.parameters()) + list(text_encoder.parameters()) if p.requires_grad]
     opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
     ema_unet, ema_text = copy.deepcopy(unet).requires_grad_(False), copy.deepcopy(text_encoder).requires_grad_(False)
     for m in (vae, unet, text_encoder, ema_unet, ema_text):
