@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -121,8 +122,6 @@ class _ConstantUNet(torch.nn.Module):
     device = torch.device("cpu")
 
     def forward(self, xt, t, cond):
-        from types import SimpleNamespace
-
         return SimpleNamespace(sample=-(t.float() / 500).view(-1, 1, 1, 1).expand_as(xt))
 
 

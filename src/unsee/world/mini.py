@@ -301,7 +301,7 @@ def train_mini(
     vae.eval().requires_grad_(False)
 
     # Stage 2: UNet + text encoder, epsilon prediction with min-SNR-gamma weights.
-    weight = min_snr_weights(cfg.min_snr_gamma).to(device)
+    weight = min_snr_weights(cfg.min_snr_gamma)  # stays on the CPU, where t is drawn: no device sync per step
     bar = tqdm(total=cfg.steps, initial=state["step"], desc="unet", disable=not progress)
     unet.train()
     text_encoder.train()
