@@ -9,7 +9,13 @@ cd "$(dirname "$0")/.."
 py=${PYTHON:-.venv/bin/python}
 log=${1:-runs/refresh}
 mkdir -p "$log"
-step() { echo "$(date -u +%FT%TZ) $1"; shift; "$@" > "$log/$1.log" 2>&1 || { echo "failed: see $log/$1.log"; exit 1; }; }
+# step DESCRIPTION LOGNAME COMMAND...
+step() {
+  local name=$2
+  echo "$(date -u +%FT%TZ) $1"
+  shift 2
+  "$@" > "$log/$name.log" 2>&1 || { echo "failed: see $log/$name.log"; exit 1; }
+}
 step "world quality" world_quality "$py" benchmarks/world_quality.py
 step "impact (ships the predictor)" impact "$py" benchmarks/impact.py --ship
 step "erasure" erasure "$py" benchmarks/erasure.py --methods esd esd-gentle neutral eap eap-shared eap-predicted eap-pgd
