@@ -26,6 +26,12 @@ def tiny_pipe():
     return make_pipeline(build_components(tiny_config()))
 
 
+@pytest.fixture
+def tiny_v_pipe():
+    """As ``tiny_pipe``, but SD-2 style: v prediction, with a zero terminal SNR and "trailing" DDIM."""
+    return make_pipeline(build_components(tiny_config(prediction_type="v_prediction", zero_terminal_snr=True)))
+
+
 @pytest.fixture(scope="session")
 def mini_pipe():
     from unsee.models import load_pipeline

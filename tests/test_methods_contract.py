@@ -35,6 +35,15 @@ def test_runs_and_changes_only_its_declared_parameters(tiny_pipe, method):
 
 
 @pytest.mark.parametrize("method", methods())
+def test_runs_on_a_v_prediction_pipeline(tiny_v_pipe, method):
+    # SD-2 style models predict v; every method compares UNet outputs, so it must work unchanged
+    edit = _erase(tiny_v_pipe, method)
+    assert edit.tensors and all(bool(torch.isfinite(v).all()) for v in edit.tensors.values())
+    edit.apply(tiny_v_pipe)
+    assert fingerprint(tiny_v_pipe) != edit.base_fingerprint
+
+
+@pytest.mark.parametrize("method", methods())
 def test_same_seed_same_edit(tiny_pipe, method):
     a, b = _erase(tiny_pipe, method, seed=3), _erase(tiny_pipe, method, seed=3)
     for k in a.tensors:

@@ -7,12 +7,21 @@ from types import SimpleNamespace
 
 import pytest
 import torch
-from diffusers import StableDiffusionPipeline
+from diffusers import DDPMScheduler, StableDiffusionPipeline
 
 from conftest import tiny_config
 from unsee.models import BUNDLED, folder_size
 from unsee.world.data import make_batch, scene_rng
-from unsee.world.mini import MiniConfig, build_components, diffusion_loss, learning_rate, min_snr_weights, train_mini
+from unsee.world.mini import (
+    MiniConfig,
+    build_components,
+    diffusion_loss,
+    learning_rate,
+    min_snr_weights,
+    scheduler_config,
+    train_mini,
+    training_target,
+)
 
 
 def test_shipped_pipeline_loads_with_plain_diffusers_and_generates():
@@ -28,12 +37,17 @@ def test_shipped_pipeline_loads_with_plain_diffusers_and_generates():
 
 def _fixed_loss(comps) -> float:
     batch = make_batch(scene_rng(0, 77, 0), 16)
+    w = min_snr_weights(5.0, comps["scheduler"])
     with torch.no_grad():
-        return diffusion_loss(comps, batch.images, batch.captions, min_snr_weights(5.0), torch.Generator().manual_seed(1)).item()
+        return diffusion_loss(comps, batch.images, batch.captions, w, torch.Generator().manual_seed(1)).item()
 
 
-def test_a_few_training_steps_lower_the_loss(tmp_path):
-    cfg = tiny_config(vae_steps=4, steps=25, lr=2e-3, warmup=5, export_every=25, checkpoint_every=1000)
+V = dict(prediction_type="v_prediction", zero_terminal_snr=True)
+
+
+@pytest.mark.parametrize("kind", [{}, V], ids=["epsilon", "v"])
+def test_a_few_training_steps_lower_the_loss(tmp_path, kind):
+    cfg = tiny_config(vae_steps=4, steps=25, lr=2e-3, warmup=5, export_every=25, checkpoint_every=1000, **kind)
     before = build_components(cfg)
     train_mini(cfg, tmp_path, progress=False)
     ck = torch.load(tmp_path / "checkpoint.pt", weights_only=False)
@@ -51,6 +65,9 @@ def test_a_few_training_steps_lower_the_loss(tmp_path):
     d = sampling_defaults(str(tmp_path / "pipeline"))
     assert (d.steps, d.guidance_scale) == (10, 6.0)
     assert json.loads((tmp_path / "pipeline" / "unsee.json").read_text())["training"]["steps"] == 25
+    # the export tells diffusers what the UNet predicts, so plain diffusers samples it correctly
+    sched = json.loads((tmp_path / "pipeline" / "scheduler" / "scheduler_config.json").read_text())
+    assert sched["prediction_type"] == cfg.prediction_type and sched["rescale_betas_zero_snr"] == cfg.zero_terminal_snr
 
 
 def test_interrupted_run_resumes_to_the_same_weights(tmp_path):
@@ -138,3 +155,40 @@ def test_weighted_timestep_sampling_keeps_the_min_snr_objective():
         assert v == pytest.approx(expected, rel=0.04), s
     with pytest.raises(ValueError, match="t_sampling"):
         diffusion_loss(comps, batch.images[:2], batch.captions[:2], w, torch.Generator(), t_sampling="sqrt")
+
+
+def test_v_target_is_the_schedulers_velocity():
+    sched = build_components(tiny_config(**V))["scheduler"]
+    g = torch.Generator().manual_seed(0)
+    x0, noise = torch.randn(5, 4, 8, 8, generator=g), torch.randn(5, 4, 8, 8, generator=g)
+    t = torch.tensor([0, 250, 500, 998, 999])
+    a = sched.alphas_cumprod[t].view(-1, 1, 1, 1)
+    ref = DDPMScheduler.from_config(sched.config).get_velocity(x0, noise, t)
+    torch.testing.assert_close(training_target(x0, noise, a, "v_prediction"), ref)
+    assert torch.equal(training_target(x0, noise, a, "epsilon"), noise)
+    # at t = T there is no signal left: v is -x0, the image the prompt alone must give
+    torch.testing.assert_close(training_target(x0, noise, a, "v_prediction")[-1], -x0[-1])
+
+
+def test_zero_terminal_snr_trains_the_pure_noise_step():
+    sched = build_components(tiny_config(**V))["scheduler"]
+    assert sched.alphas_cumprod[-1] == 0
+    w = min_snr_weights(5.0, sched)
+    assert bool((w > 0).all()) and w[-1] == w.max() == 1.0
+    # min-SNR's own v weight, min(SNR, gamma) / (SNR + 1), would be 0 here and t = T never drawn
+    draws = torch.multinomial(w, 20_000, replacement=True, generator=torch.Generator().manual_seed(0))
+    assert int((draws == len(w) - 1).sum()) > 0
+    # where SNR >= 1 the v weights are min-SNR's: w_v = w_eps * SNR / (SNR + 1) on the same schedule
+    snr = sched.alphas_cumprod / (1 - sched.alphas_cumprod)
+    w_eps = torch.clamp(snr, max=5.0) / snr
+    torch.testing.assert_close(w[snr >= 1], (w_eps * snr / (snr + 1))[snr >= 1])
+    # the sampler starts at t = T, where training put pure noise
+    sched.set_timesteps(10)
+    assert int(sched.timesteps[0]) == 999
+
+
+def test_zero_terminal_snr_needs_v_prediction():
+    with pytest.raises(ValueError, match="v_prediction"):
+        build_components(tiny_config(zero_terminal_snr=True))
+    with pytest.raises(ValueError, match="prediction_type"):
+        scheduler_config("sample")

@@ -19,6 +19,15 @@ def test_parity_with_diffusers_on_the_mini_model(mini_pipe, guidance):
     assert (ours - ref).abs().max().item() <= 1e-4
 
 
+def test_parity_with_diffusers_on_a_v_prediction_pipeline(tiny_v_pipe):
+    # SD-2's parameterisation, with a zero terminal SNR: unsee's loop must follow the scheduler's config
+    ours = sample(tiny_v_pipe, PROMPTS, steps=4, guidance_scale=6.0, generator=torch.Generator().manual_seed(3))
+    ref = tiny_v_pipe(PROMPTS, num_inference_steps=4, guidance_scale=6.0, generator=torch.Generator().manual_seed(3),
+                      output_type="pt").images  # fmt: skip
+    assert (ours - ref).abs().max().item() <= 1e-4
+    assert ddim(tiny_v_pipe, 4).timesteps[0] == 999
+
+
 def test_same_seed_same_images_other_seed_other_images(tiny_pipe):
     a = sample(tiny_pipe, PROMPTS, steps=2, guidance_scale=5.0, generator=torch.Generator().manual_seed(0))
     b = sample(tiny_pipe, PROMPTS, steps=2, guidance_scale=5.0, generator=torch.Generator().manual_seed(0))

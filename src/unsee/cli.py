@@ -64,6 +64,9 @@ def _add_world(sub: argparse._SubParsersAction) -> None:
     tr.add_argument("--t-sampling", choices=("weighted", "uniform"), default=defaults.t_sampling)
     tr.add_argument("--keep-exports", action="store_true", help="also keep every export as OUT/exports/stepN")
     tr.add_argument("--freeze-token-embeddings", action="store_true", help="keep the token embeddings at initialisation")
+    tr.add_argument("--prediction-type", choices=("epsilon", "v_prediction"), default=defaults.prediction_type)
+    tr.add_argument("--zero-terminal-snr", action=argparse.BooleanOptionalAction, default=defaults.zero_terminal_snr,
+                    help="pure noise at t = T, DDIM from there (needs --prediction-type v_prediction)")  # fmt: skip
     tr.set_defaults(func=_world_train)
     sa = wsub.add_parser("sample", help="draw a labelled grid of ground-truth scenes and captions")
     sa.add_argument("--out", default="world.png")

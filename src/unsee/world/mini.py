@@ -2,7 +2,7 @@
 
 Standard classes only (UNet2DConditionModel, CLIPTextModel, CLIPTokenizer, AutoencoderKL,
 DDIMScheduler), so everything that works on it works on real SD 1.x pipelines too.
-Training is two stages: the VAE, then the UNet and text encoder together (epsilon
+Training is two stages: the VAE, then the UNet and text encoder together (epsilon or v
 prediction, cosine schedule, min-SNR weighting, EMA). Each batch is fixed by the seed and
 the step, so a resumed run sees exactly the data an uninterrupted one would.
 """
@@ -10,7 +10,6 @@ the step, so a resumed run sees exactly the data an uninterrupted one would.
 from __future__ import annotations
 
 import copy
-import functools
 import json
 import os
 import shutil
@@ -20,7 +19,7 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
-from diffusers import AutoencoderKL, DDIMScheduler, DDPMScheduler, StableDiffusionPipeline, UNet2DConditionModel
+from diffusers import AutoencoderKL, DDIMScheduler, StableDiffusionPipeline, UNet2DConditionModel
 from tqdm.auto import tqdm
 from transformers import CLIPTextConfig, CLIPTextModel
 
@@ -57,6 +56,11 @@ class MiniConfig:
     t_sampling: str = "weighted"
     # Keep the text encoder's token embeddings at their random (near-orthogonal) initialisation.
     freeze_token_embeddings: bool = False
+    # "epsilon" as SD 1.x, or "v_prediction" as SD 2.x. zero_terminal_snr (v only) rescales the
+    # betas so that t = T is pure noise and DDIM starts there ("trailing"), as Lin et al. 2024 do:
+    # sampling then starts where training did, and the prompt, not the noise, sets the coarse image.
+    prediction_type: str = "epsilon"
+    zero_terminal_snr: bool = False
     checkpoint_every: int = 200
     export_every: int = 600
     unet_channels: tuple[int, ...] = (64, 128, 128)
@@ -79,21 +83,28 @@ def _result_config(c: dict) -> dict:
     return {k: v for k, v in c.items() if k not in _RUN_ONLY}
 
 
-def scheduler_config() -> dict:
-    # Cosine betas; DDIM must start at a "leading" timestep: "trailing" starts where alpha_bar ~ 0.
+def scheduler_config(prediction_type: str = "epsilon", zero_terminal_snr: bool = False) -> dict:
+    """Cosine betas. Without a zero terminal SNR, DDIM must start at a "leading" timestep: with
+    epsilon prediction "trailing" starts where alpha_bar ~ 0 and ruins the samples."""
+    if prediction_type not in ("epsilon", "v_prediction"):
+        raise ValueError(f"unknown prediction_type {prediction_type!r}; use 'epsilon' or 'v_prediction'")
+    if zero_terminal_snr and prediction_type != "v_prediction":
+        raise ValueError("zero_terminal_snr needs prediction_type='v_prediction' (epsilon says nothing about x0 at SNR 0)")
     return dict(
         num_train_timesteps=1000,
         beta_schedule="squaredcos_cap_v2",
-        prediction_type="epsilon",
+        prediction_type=prediction_type,
         clip_sample=False,
         set_alpha_to_one=False,
-        steps_offset=1,
-        timestep_spacing="leading",
+        rescale_betas_zero_snr=zero_terminal_snr,
+        steps_offset=1,  # "trailing" ignores it; diffusers warns on any other value
+        timestep_spacing="trailing" if zero_terminal_snr else "leading",
     )
 
 
 def build_components(cfg: MiniConfig) -> dict:
     """Fresh, untrained components of the mini pipeline, initialised under ``cfg.seed``."""
+    scheduler = DDIMScheduler(**scheduler_config(cfg.prediction_type, cfg.zero_terminal_snr))  # checks the pair first
     torch.manual_seed(cfg.seed)  # module initialisers draw from the global generator
     tokenizer = build_tokenizer(caption_words())
     text_encoder = CLIPTextModel(
@@ -139,7 +150,7 @@ def build_components(cfg: MiniConfig) -> dict:
         text_encoder=text_encoder,
         vae=vae,
         unet=unet,
-        scheduler=DDIMScheduler(**scheduler_config()),
+        scheduler=scheduler,
     )
 
 
@@ -300,8 +311,8 @@ def train_mini(
     bar.close()
     vae.eval().requires_grad_(False)
 
-    # Stage 2: UNet + text encoder, epsilon prediction with min-SNR-gamma weights.
-    weight = min_snr_weights(cfg.min_snr_gamma)  # stays on the CPU, where t is drawn: no device sync per step
+    # Stage 2: UNet + text encoder, epsilon or v prediction with min-SNR-gamma weights.
+    weight = min_snr_weights(cfg.min_snr_gamma, comps["scheduler"])  # stays on the CPU, where t is drawn: no device sync per step
     bar = tqdm(total=cfg.steps, initial=state["step"], desc="unet", disable=not progress)
     unet.train()
     text_encoder.train()
@@ -349,16 +360,38 @@ def learning_rate(cfg: MiniConfig, step: int, warm_from: int = 0) -> float:
     return cfg.lr * warm * decay
 
 
-@functools.cache
-def _alphas_cumprod() -> torch.Tensor:
-    return DDPMScheduler(**{k: v for k, v in scheduler_config().items() if k != "set_alpha_to_one"}).alphas_cumprod
+def _default_scheduler() -> DDIMScheduler:
+    return DDIMScheduler(**scheduler_config())
 
 
-def min_snr_weights(gamma: float) -> torch.Tensor:
-    """Per-timestep loss weights min(SNR, gamma) / SNR for epsilon prediction (Hang et al. 2023)."""
-    alphas = _alphas_cumprod()
+def min_snr_weights(gamma: float, scheduler: DDIMScheduler | None = None) -> torch.Tensor:
+    """Per-timestep loss weights of min-SNR-gamma (Hang et al. 2023) for the scheduler's prediction type.
+
+    Epsilon: min(SNR, gamma) / SNR. v: min(max(SNR, 1), gamma) / (SNR + 1), i.e. the same weights
+    where SNR >= 1, with the SNR floored at 1 below (the "truncated SNR" of Salimans & Ho 2022).
+    Min-SNR's own v weight, min(SNR, gamma) / (SNR + 1), goes to 0 as SNR -> 0: it would never
+    train t = T, the one step that must take the image from the prompt alone.
+    """
+    scheduler = scheduler or _default_scheduler()
+    alphas = scheduler.alphas_cumprod  # float32, as the weights of earlier runs
     snr = alphas / (1 - alphas)
-    return torch.clamp(snr, max=gamma) / snr
+    kind = scheduler.config.prediction_type
+    if kind == "epsilon":
+        if bool((snr == 0).any()):
+            raise ValueError("epsilon prediction has no loss weight at SNR 0; use v_prediction with zero_terminal_snr")
+        return torch.clamp(snr, max=gamma) / snr
+    if kind == "v_prediction":
+        return torch.clamp(snr, min=1.0, max=gamma) / (snr + 1)
+    raise ValueError(f"unknown prediction_type {kind!r}; use 'epsilon' or 'v_prediction'")
+
+
+def training_target(x0: torch.Tensor, noise: torch.Tensor, alpha_bar: torch.Tensor, prediction_type: str) -> torch.Tensor:
+    """What the UNet learns to output at x_t = sqrt(a) x0 + sqrt(1 - a) noise: noise, or v = sqrt(a) noise - sqrt(1 - a) x0."""
+    if prediction_type == "epsilon":
+        return noise
+    if prediction_type == "v_prediction":
+        return alpha_bar.sqrt() * noise - (1 - alpha_bar).sqrt() * x0
+    raise ValueError(f"unknown prediction_type {prediction_type!r}; use 'epsilon' or 'v_prediction'")
 
 
 def diffusion_loss(
@@ -369,14 +402,15 @@ def diffusion_loss(
     generator: torch.Generator,
     t_sampling: str = "uniform",
 ) -> torch.Tensor:
-    """Min-SNR-weighted epsilon MSE on a batch; all noise drawn on the CPU from ``generator``.
+    """Min-SNR-weighted MSE on a batch, against the target of ``comps["scheduler"]``'s prediction
+    type and on its noise schedule; all noise drawn on the CPU from ``generator``.
 
     ``t_sampling="weighted"`` draws t with probability w(t) / sum(w) and weighs every sample
     by mean(w): the same objective in expectation as uniform t with weights w(t).
     """
     if t_sampling not in ("uniform", "weighted"):
         raise ValueError(f"unknown t_sampling {t_sampling!r}; use 'uniform' or 'weighted'")
-    vae, unet = comps["vae"], comps["unet"]
+    vae, unet, sched = comps["vae"], comps["unet"], comps["scheduler"]
     device = unet.device
     with torch.no_grad():
         post = vae.encode(images.to(device)).latent_dist
@@ -389,12 +423,13 @@ def diffusion_loss(
     else:
         t = torch.randint(0, len(w), (x0.shape[0],), generator=generator)
         w_t = w[t]
-    noise = torch.randn(x0.shape, generator=generator)
-    a = _alphas_cumprod()[t].view(-1, 1, 1, 1).to(device)
-    xt = a.sqrt() * x0 + (1 - a).sqrt() * noise.to(device)
+    noise = torch.randn(x0.shape, generator=generator).to(device)
+    a = sched.alphas_cumprod[t].view(-1, 1, 1, 1).to(device)
+    xt = a.sqrt() * x0 + (1 - a).sqrt() * noise
+    target = training_target(x0, noise, a, sched.config.prediction_type)
     cond = encode_text(comps["tokenizer"], comps["text_encoder"], captions)
     pred = unet(xt, t.to(device), cond).sample
-    return (w_t.to(device) * ((pred - noise.to(device)) ** 2).mean(dim=(1, 2, 3))).mean()
+    return (w_t.to(device) * ((pred - target) ** 2).mean(dim=(1, 2, 3))).mean()
 
 
 @torch.no_grad()
