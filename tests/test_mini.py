@@ -42,10 +42,10 @@ def _fixed_loss(comps) -> float:
         return diffusion_loss(comps, batch.images, batch.captions, w, torch.Generator().manual_seed(1)).item()
 
 
-V = dict(prediction_type="v_prediction", zero_terminal_snr=True)
+EPS, V = dict(prediction_type="epsilon", zero_terminal_snr=False), dict(prediction_type="v_prediction", zero_terminal_snr=True)
 
 
-@pytest.mark.parametrize("kind", [{}, V], ids=["epsilon", "v"])
+@pytest.mark.parametrize("kind", [EPS, V], ids=["epsilon", "v"])
 def test_a_few_training_steps_lower_the_loss(tmp_path, kind):
     cfg = tiny_config(vae_steps=4, steps=25, lr=2e-3, warmup=5, export_every=25, checkpoint_every=1000, **kind)
     before = build_components(cfg)
@@ -189,6 +189,6 @@ def test_zero_terminal_snr_trains_the_pure_noise_step():
 
 def test_zero_terminal_snr_needs_v_prediction():
     with pytest.raises(ValueError, match="v_prediction"):
-        build_components(tiny_config(zero_terminal_snr=True))
+        build_components(tiny_config(prediction_type="epsilon", zero_terminal_snr=True))
     with pytest.raises(ValueError, match="prediction_type"):
         scheduler_config("sample")
