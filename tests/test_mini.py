@@ -182,6 +182,11 @@ def test_zero_terminal_snr_trains_the_pure_noise_step():
     snr = sched.alphas_cumprod / (1 - sched.alphas_cumprod)
     w_eps = torch.clamp(snr, max=5.0) / snr
     torch.testing.assert_close(w[snr >= 1], (w_eps * snr / (snr + 1))[snr >= 1])
+    # a lower floor trains the steps near t = T less, but still trains them
+    w_low = min_snr_weights(5.0, sched, snr_floor=0.1)
+    assert w_low[-1] == pytest.approx(0.1) and torch.equal(w_low[snr >= 1], w[snr >= 1])
+    with pytest.raises(ValueError, match="snr_floor"):
+        min_snr_weights(5.0, sched, snr_floor=0.0)
     # the sampler starts at t = T, where training put pure noise
     sched.set_timesteps(10)
     assert int(sched.timesteps[0]) == 999

@@ -65,6 +65,7 @@ def _add_world(sub: argparse._SubParsersAction) -> None:
     tr.add_argument("--keep-exports", action="store_true", help="also keep every export as OUT/exports/stepN")
     tr.add_argument("--freeze-token-embeddings", action="store_true", help="keep the token embeddings at initialisation")
     tr.add_argument("--prediction-type", choices=("epsilon", "v_prediction"), default=defaults.prediction_type)
+    tr.add_argument("--snr-floor", type=float, default=defaults.snr_floor, help="v only: min-SNR weights floor the SNR here")
     tr.add_argument("--zero-terminal-snr", action=argparse.BooleanOptionalAction, default=defaults.zero_terminal_snr,
                     help="pure noise at t = T, DDIM from there (needs --prediction-type v_prediction)")  # fmt: skip
     tr.set_defaults(func=_world_train)

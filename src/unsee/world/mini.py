@@ -61,6 +61,8 @@ class MiniConfig:
     # sampling then starts where training did, and the prompt, not the noise, sets the coarse image.
     prediction_type: str = "epsilon"
     zero_terminal_snr: bool = False
+    # v only: the SNR is floored here in the min-SNR weights, so that steps near t = T still train.
+    snr_floor: float = 1.0
     checkpoint_every: int = 200
     export_every: int = 600
     unet_channels: tuple[int, ...] = (64, 128, 128)
@@ -312,7 +314,8 @@ def train_mini(
     vae.eval().requires_grad_(False)
 
     # Stage 2: UNet + text encoder, epsilon or v prediction with min-SNR-gamma weights.
-    weight = min_snr_weights(cfg.min_snr_gamma, comps["scheduler"])  # stays on the CPU, where t is drawn: no device sync per step
+    # The weights stay on the CPU, where t is drawn: no device sync per step.
+    weight = min_snr_weights(cfg.min_snr_gamma, comps["scheduler"], cfg.snr_floor)
     bar = tqdm(total=cfg.steps, initial=state["step"], desc="unet", disable=not progress)
     unet.train()
     text_encoder.train()
@@ -364,11 +367,12 @@ def _default_scheduler() -> DDIMScheduler:
     return DDIMScheduler(**scheduler_config())
 
 
-def min_snr_weights(gamma: float, scheduler: DDIMScheduler | None = None) -> torch.Tensor:
+def min_snr_weights(gamma: float, scheduler: DDIMScheduler | None = None, snr_floor: float = 1.0) -> torch.Tensor:
     """Per-timestep loss weights of min-SNR-gamma (Hang et al. 2023) for the scheduler's prediction type.
 
-    Epsilon: min(SNR, gamma) / SNR. v: min(max(SNR, 1), gamma) / (SNR + 1), i.e. the same weights
-    where SNR >= 1, with the SNR floored at 1 below (the "truncated SNR" of Salimans & Ho 2022).
+    Epsilon: min(SNR, gamma) / SNR. v: min(max(SNR, f), gamma) / (SNR + 1) with f = ``snr_floor``,
+    i.e. the same weights where SNR >= f, with the SNR floored below (f = 1: the "truncated SNR"
+    of Salimans & Ho 2022).
     Min-SNR's own v weight, min(SNR, gamma) / (SNR + 1), goes to 0 as SNR -> 0: it would never
     train t = T, the one step that must take the image from the prompt alone.
     """
@@ -381,7 +385,9 @@ def min_snr_weights(gamma: float, scheduler: DDIMScheduler | None = None) -> tor
             raise ValueError("epsilon prediction has no loss weight at SNR 0; use v_prediction with zero_terminal_snr")
         return torch.clamp(snr, max=gamma) / snr
     if kind == "v_prediction":
-        return torch.clamp(snr, min=1.0, max=gamma) / (snr + 1)
+        if not 0 < snr_floor <= gamma:
+            raise ValueError(f"snr_floor must be in (0, gamma={gamma}], got {snr_floor}")
+        return torch.clamp(snr, min=snr_floor, max=gamma) / (snr + 1)
     raise ValueError(f"unknown prediction_type {kind!r}; use 'epsilon' or 'v_prediction'")
 
 
