@@ -8,7 +8,8 @@ import time
 from PIL import Image
 
 from unsee import __version__
-from unsee.cli import main
+from unsee.cli import build_parser, main, mini_config
+from unsee.world.mini import MiniConfig
 
 
 def test_generate_writes_a_labelled_grid(tmp_path, capsys):
@@ -72,3 +73,16 @@ def test_erase_resumes_and_refuses_bad_input(tmp_path, capsys):
     assert main(["erase", "--concept", "zebra", "--out", str(tmp_path / "z"), "--no-preview"]) == 2
     assert "--allow-split" in capsys.readouterr().err
     assert main(["erase", "--concept", "circle", "--out", str(tmp_path / "x"), "--set", "colour=1"]) == 2
+
+
+def test_world_train_flags_reach_the_trainer_config():
+    args = build_parser().parse_args(
+        ["world", "train", "--min-snr-gamma", "1000", "--snr-floor", "0.5", "--steps", "7", "--prediction-type", "epsilon",
+         "--no-zero-terminal-snr", "--t-sampling", "uniform", "--anneal-from", "3", "--anneal-to", "5"]
+    )  # fmt: skip
+    cfg = mini_config(args)
+    assert (cfg.min_snr_gamma, cfg.snr_floor, cfg.steps, cfg.prediction_type) == (1000.0, 0.5, 7, "epsilon")
+    assert (cfg.zero_terminal_snr, cfg.t_sampling, cfg.anneal_from, cfg.anneal_to) == (False, "uniform", 3, 5)
+    # without flags, the documented recipe
+    defaults = mini_config(build_parser().parse_args(["world", "train"]))
+    assert defaults == MiniConfig()

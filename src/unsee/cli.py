@@ -6,14 +6,25 @@ import argparse
 import sys
 from dataclasses import fields
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from unsee import __version__
 
+if TYPE_CHECKING:
+    from unsee.world.mini import MiniConfig
+
+
+def mini_config(args: argparse.Namespace) -> MiniConfig:
+    """The trainer's config from ``unsee world train`` flags; settings without a flag keep their defaults."""
+    from unsee.world.mini import MiniConfig
+
+    return MiniConfig(**{f.name: getattr(args, f.name) for f in fields(MiniConfig) if hasattr(args, f.name)})
+
 
 def _world_train(args: argparse.Namespace) -> None:
-    from unsee.world.mini import MiniConfig, train_mini
+    from unsee.world.mini import train_mini
 
-    cfg = MiniConfig(**{f.name: getattr(args, f.name) for f in fields(MiniConfig) if hasattr(args, f.name)})
+    cfg = mini_config(args)
     path = train_mini(cfg, args.out, resume=args.resume, device=args.device, init_from=args.init_from,
                       start_step=args.start_step)  # fmt: skip
     print(f"trained mini pipeline written to {path}")
@@ -65,6 +76,7 @@ def _add_world(sub: argparse._SubParsersAction) -> None:
     tr.add_argument("--keep-exports", action="store_true", help="also keep every export as OUT/exports/stepN")
     tr.add_argument("--freeze-token-embeddings", action="store_true", help="keep the token embeddings at initialisation")
     tr.add_argument("--prediction-type", choices=("epsilon", "v_prediction"), default=defaults.prediction_type)
+    tr.add_argument("--min-snr-gamma", type=float, default=defaults.min_snr_gamma, help="min-SNR loss weights cap the SNR here")
     tr.add_argument("--snr-floor", type=float, default=defaults.snr_floor, help="v only: min-SNR weights floor the SNR here")
     tr.add_argument("--zero-terminal-snr", action=argparse.BooleanOptionalAction, default=defaults.zero_terminal_snr,
                     help="pure noise at t = T, DDIM from there (needs --prediction-type v_prediction)")  # fmt: skip
