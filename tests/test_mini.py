@@ -86,6 +86,57 @@ def test_interrupted_run_resumes_to_the_same_weights(tmp_path):
             torch.testing.assert_close(b[key][name], t, rtol=0, atol=0, msg=f"{key}.{name}")
 
 
+DETAIL = dict(vae_steps=3, export_every=100, warmup=1, anneal_from=1, anneal_to=2, detail_from=2, detail_to=5,
+              detail_gamma=50.0, lr=2e-3)  # fmt: skip
+
+
+def _same_weights(a: dict, b: dict, keys=("unet", "text_encoder", "ema_unet", "ema_text")) -> None:
+    for key in keys:
+        for name, t in a[key].items():
+            torch.testing.assert_close(b[key][name], t, rtol=0, atol=0, msg=f"{key}.{name}")
+
+
+def test_detail_stage_is_a_warm_start_from_the_stage_one_export(tmp_path):
+    # One run with a detail stage from step 2 to 5 ...
+    one = tiny_config(steps=5, checkpoint_every=100, **DETAIL)
+    train_mini(one, tmp_path / "one", progress=False)
+    # ... equals stage 1 alone, then `unsee world train --init-from stage1/pipeline --start-step 2` with the
+    # detail stage's gamma and lr schedule: the restart is from the EMA weights, with a fresh optimiser.
+    stage1 = dict(DETAIL, detail_from=0, detail_to=0)
+    train_mini(tiny_config(steps=2, checkpoint_every=100, **stage1), tmp_path / "s1", progress=False)
+    warm = dict(stage1, anneal_from=2, anneal_to=5, min_snr_gamma=50.0)
+    train_mini(tiny_config(steps=5, checkpoint_every=100, **warm), tmp_path / "s2", progress=False,
+               init_from=tmp_path / "s1" / "pipeline", start_step=2)  # fmt: skip
+    a = torch.load(tmp_path / "one" / "checkpoint.pt", weights_only=False)
+    b = torch.load(tmp_path / "s2" / "checkpoint.pt", weights_only=False)
+    assert a["state"]["step"] == b["state"]["step"] == 5 and a["state"]["detail_started"]
+    _same_weights(a, b)
+    # the restart changed something: without it (no detail stage) the weights differ
+    train_mini(tiny_config(steps=5, checkpoint_every=100, **stage1), tmp_path / "plain", progress=False)
+    c = torch.load(tmp_path / "plain" / "checkpoint.pt", weights_only=False)
+    assert not torch.equal(c["unet"]["conv_in.weight"], a["unet"]["conv_in.weight"])
+
+
+def test_run_interrupted_in_the_detail_stage_resumes_to_the_same_weights(tmp_path):
+    for stop in (2, 3):  # at the restart itself, and inside the detail stage
+        train_mini(tiny_config(steps=stop, checkpoint_every=1, **DETAIL), tmp_path / f"split{stop}", progress=False)
+        train_mini(tiny_config(steps=5, checkpoint_every=1, **DETAIL), tmp_path / f"split{stop}", resume=True, progress=False)
+    train_mini(tiny_config(steps=5, checkpoint_every=100, **DETAIL), tmp_path / "straight", progress=False)
+    a = torch.load(tmp_path / "straight" / "checkpoint.pt", weights_only=False)
+    for stop in (2, 3):
+        _same_weights(a, torch.load(tmp_path / f"split{stop}" / "checkpoint.pt", weights_only=False))
+
+
+def test_detail_stage_settings_are_checked():
+    with pytest.raises(ValueError, match="detail_from < detail_to"):
+        train_mini(tiny_config(anneal_to=10, detail_from=5, detail_to=20), "unused", progress=False)
+    cfg = MiniConfig(lr=1e-3, warmup=10, anneal_from=50, anneal_to=100, detail_from=100, detail_to=200)
+    lrs = [learning_rate(cfg, s) for s in range(220)]
+    assert lrs[99] == pytest.approx(2e-5)  # stage 1 anneals to ~0 ...
+    assert lrs[100] == pytest.approx(1e-4) and lrs[109] == pytest.approx(9.1e-4)  # ... the detail stage warms up again
+    assert lrs[150] == pytest.approx(5e-4) and lrs[200] == 0.0 and max(lrs[200:]) == 0.0
+
+
 def test_keep_exports_keeps_every_export_with_its_step(tmp_path):
     train_mini(tiny_config(vae_steps=2, steps=4, export_every=2, checkpoint_every=100, keep_exports=True), tmp_path,
                progress=False)  # fmt: skip

@@ -68,7 +68,7 @@ def _add_world(sub: argparse._SubParsersAction) -> None:
     tr.add_argument("--init-from", default=None, help="warm-start from an exported pipeline folder")
     tr.add_argument("--start-step", type=int, default=0, help="with --init-from: the step that pipeline reached")
     for name in ("seed", "steps", "vae_steps", "batch_size", "workers", "threads", "checkpoint_every", "export_every",
-                 "anneal_from", "anneal_to"):  # fmt: skip
+                 "anneal_from", "anneal_to", "detail_from", "detail_to"):  # fmt: skip
         tr.add_argument(f"--{name.replace('_', '-')}", type=int, default=getattr(defaults, name))
     tr.add_argument("--lr", type=float, default=defaults.lr)
     tr.add_argument("--ema-decay", type=float, default=defaults.ema_decay)
@@ -77,6 +77,12 @@ def _add_world(sub: argparse._SubParsersAction) -> None:
     tr.add_argument("--freeze-token-embeddings", action="store_true", help="keep the token embeddings at initialisation")
     tr.add_argument("--prediction-type", choices=("epsilon", "v_prediction"), default=defaults.prediction_type)
     tr.add_argument("--min-snr-gamma", type=float, default=defaults.min_snr_gamma, help="min-SNR loss weights cap the SNR here")
+    tr.add_argument(
+        "--detail-gamma",
+        type=float,
+        default=defaults.detail_gamma,
+        help="min-SNR cap in the detail stage (--detail-from to --detail-to; --detail-to 0 turns it off)",
+    )
     tr.add_argument("--snr-floor", type=float, default=defaults.snr_floor, help="v only: min-SNR weights floor the SNR here")
     tr.add_argument("--zero-terminal-snr", action=argparse.BooleanOptionalAction, default=defaults.zero_terminal_snr,
                     help="pure noise at t = T, DDIM from there (needs --prediction-type v_prediction)")  # fmt: skip

@@ -63,6 +63,13 @@ class MiniConfig:
     zero_terminal_snr: bool = False
     # v only: the SNR is floored here in the min-SNR weights, so that steps near t = T still train.
     snr_floor: float = 1.0
+    # The detail stage (off when detail_to = 0): at step detail_from training restarts from the EMA
+    # weights with a fresh optimiser, the lr warms up again and falls to 0 at detail_to, and the
+    # min-SNR weights cap the SNR at detail_gamma instead of min_snr_gamma, so low-noise steps,
+    # where corners and fine texture are drawn, weigh as much as the rest.
+    detail_from: int = 0
+    detail_to: int = 0
+    detail_gamma: float = 1000.0
     checkpoint_every: int = 200
     export_every: int = 600
     unet_channels: tuple[int, ...] = (64, 128, 128)
@@ -229,6 +236,11 @@ def train_mini(
     ``out_dir/checkpoint.pt`` is written every ``cfg.checkpoint_every`` steps; with ``resume``
     training continues from it and produces the same weights as an uninterrupted run.
     """
+    if cfg.detail_to and not cfg.anneal_to <= cfg.detail_from < cfg.detail_to:
+        raise ValueError(
+            f"the detail stage needs anneal_to <= detail_from < detail_to, got {cfg.anneal_to}, {cfg.detail_from}, "
+            f"{cfg.detail_to}; set --detail-from/--detail-to, or --detail-to 0 for none"
+        )
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     ckpt_path = out_dir / "checkpoint.pt"
@@ -316,14 +328,22 @@ def train_mini(
     # Stage 2: UNet + text encoder, epsilon or v prediction with min-SNR-gamma weights.
     # The weights stay on the CPU, where t is drawn: no device sync per step.
     weight = min_snr_weights(cfg.min_snr_gamma, comps["scheduler"], cfg.snr_floor)
+    detail_weight = min_snr_weights(cfg.detail_gamma, comps["scheduler"], cfg.snr_floor) if cfg.detail_to else None
     bar = tqdm(total=cfg.steps, initial=state["step"], desc="unet", disable=not progress)
     unet.train()
     text_encoder.train()
     for images, captions in _batches(cfg, UNET_STREAM, state["step"], cfg.steps):
         s = state["step"]
+        if cfg.detail_to and s == cfg.detail_from and not state.get("detail_started"):
+            # Restart from the EMA weights, as a warm start from the stage-1 export would.
+            unet.load_state_dict(ema_unet.state_dict())
+            text_encoder.load_state_dict(ema_text.state_dict())
+            opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+            state["detail_started"] = True
+        w = detail_weight if state.get("detail_started") else weight
         g = torch.Generator().manual_seed(cfg.seed * 1_000_003 + 500_000 + s)
         loss = diffusion_loss(comps | {"unet": unet, "text_encoder": text_encoder, "vae": vae}, images, list(captions),
-                              weight, g, t_sampling=cfg.t_sampling)  # fmt: skip
+                              w, g, t_sampling=cfg.t_sampling)  # fmt: skip
         if not torch.isfinite(loss):
             raise FloatingPointError(f"UNet loss is {loss.item()} at step {s}; lower --lr or resume from the checkpoint")
         for group in opt.param_groups:
@@ -356,10 +376,16 @@ def train_mini(
 
 
 def learning_rate(cfg: MiniConfig, step: int, warm_from: int = 0) -> float:
-    """Linear warm-up over ``cfg.warmup`` steps, constant, then linear decay to 0 over [anneal_from, anneal_to]."""
+    """Linear warm-up over ``cfg.warmup`` steps, constant, then linear decay to 0 over [anneal_from, anneal_to].
+
+    In the detail stage: a new warm-up from ``detail_from``, and linear decay to 0 at ``detail_to``.
+    """
+    start, stop = cfg.anneal_from, cfg.anneal_to
+    if cfg.detail_to and step >= cfg.detail_from:
+        warm_from, start, stop = cfg.detail_from, cfg.detail_from, cfg.detail_to
     warm = min(1.0, (step - warm_from + 1) / cfg.warmup)
-    span = max(cfg.anneal_to - cfg.anneal_from, 1)
-    decay = min(1.0, max(0.0, (cfg.anneal_to - step) / span))
+    span = max(stop - start, 1)
+    decay = min(1.0, max(0.0, (stop - step) / span))
     return cfg.lr * warm * decay
 
 
