@@ -111,6 +111,10 @@ def test_detail_stage_is_a_warm_start_from_the_stage_one_export(tmp_path):
     b = torch.load(tmp_path / "s2" / "checkpoint.pt", weights_only=False)
     assert a["state"]["step"] == b["state"]["step"] == 5 and a["state"]["detail_started"]
     _same_weights(a, b)
+    # a warm start at the detail stage's first step, with the same config, is the same run too
+    train_mini(tiny_config(steps=5, checkpoint_every=100, **DETAIL), tmp_path / "s3", progress=False,
+               init_from=tmp_path / "s1" / "pipeline", start_step=2)  # fmt: skip
+    _same_weights(a, torch.load(tmp_path / "s3" / "checkpoint.pt", weights_only=False))
     # the restart changed something: without it (no detail stage) the weights differ
     train_mini(tiny_config(steps=5, checkpoint_every=100, **stage1), tmp_path / "plain", progress=False)
     c = torch.load(tmp_path / "plain" / "checkpoint.pt", weights_only=False)

@@ -340,7 +340,8 @@ def train_mini(
             text_encoder.load_state_dict(ema_text.state_dict())
             opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
             state["detail_started"] = True
-        w = detail_weight if state.get("detail_started") else weight
+        # By step, not by the restart: a warm start (--init-from) inside the detail stage is its restart.
+        w = detail_weight if cfg.detail_to and s >= cfg.detail_from else weight
         g = torch.Generator().manual_seed(cfg.seed * 1_000_003 + 500_000 + s)
         loss = diffusion_loss(comps | {"unet": unet, "text_encoder": text_encoder, "vae": vae}, images, list(captions),
                               w, g, t_sampling=cfg.t_sampling)  # fmt: skip
