@@ -139,6 +139,8 @@ def test_detail_stage_settings_are_checked():
     assert lrs[99] == pytest.approx(2e-5)  # stage 1 anneals to ~0 ...
     assert lrs[100] == pytest.approx(1e-4) and lrs[109] == pytest.approx(9.1e-4)  # ... the detail stage warms up again
     assert lrs[150] == pytest.approx(5e-4) and lrs[200] == 0.0 and max(lrs[200:]) == 0.0
+    # a warm start inside the detail stage warms up from its own step
+    assert learning_rate(cfg, 150, warm_from=150) == pytest.approx(5e-5)
 
 
 def test_keep_exports_keeps_every_export_with_its_step(tmp_path):

@@ -383,7 +383,7 @@ def learning_rate(cfg: MiniConfig, step: int, warm_from: int = 0) -> float:
     """
     start, stop = cfg.anneal_from, cfg.anneal_to
     if cfg.detail_to and step >= cfg.detail_from:
-        warm_from, start, stop = cfg.detail_from, cfg.detail_from, cfg.detail_to
+        warm_from, start, stop = max(warm_from, cfg.detail_from), cfg.detail_from, cfg.detail_to
     warm = min(1.0, (step - warm_from + 1) / cfg.warmup)
     span = max(stop - start, 1)
     decay = min(1.0, max(0.0, (stop - step) / span))
