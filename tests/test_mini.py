@@ -13,7 +13,9 @@ from conftest import tiny_config
 from unsee.models import BUNDLED, folder_size
 from unsee.world.data import make_batch, scene_rng
 from unsee.world.mini import (
+    UNET_STREAM,
     MiniConfig,
+    _batches,
     build_components,
     diffusion_loss,
     learning_rate,
@@ -119,6 +121,23 @@ def test_detail_stage_is_a_warm_start_from_the_stage_one_export(tmp_path):
     train_mini(tiny_config(steps=5, checkpoint_every=100, **stage1), tmp_path / "plain", progress=False)
     c = torch.load(tmp_path / "plain" / "checkpoint.pt", weights_only=False)
     assert not torch.equal(c["unet"]["conv_in.weight"], a["unet"]["conv_in.weight"])
+
+
+def test_detail_stage_batch_size_is_the_warm_start_s_batch_size(tmp_path):
+    # --detail-batch-size 2: the detail stage draws batches of 2 (the same scenes as the first 2 of
+    # the full batch), and the run equals stage 1, then a warm start with --batch-size 2.
+    assert [len(c) for _, c in _batches(tiny_config(**DETAIL, detail_batch_size=2), UNET_STREAM, 0, 5)] == [4, 4, 2, 2, 2]
+    full, small = make_batch(scene_rng(0, UNET_STREAM, 3), 4), make_batch(scene_rng(0, UNET_STREAM, 3), 2)
+    assert small.scenes == full.scenes[:2]
+    one = tiny_config(steps=5, checkpoint_every=100, detail_batch_size=2, **DETAIL)
+    train_mini(one, tmp_path / "one", progress=False)
+    stage1 = dict(DETAIL, detail_from=0, detail_to=0)
+    train_mini(tiny_config(steps=2, checkpoint_every=100, **stage1), tmp_path / "s1", progress=False)
+    warm = dict(stage1, anneal_from=2, anneal_to=5, min_snr_gamma=50.0)
+    train_mini(tiny_config(steps=5, checkpoint_every=100, **(warm | {"batch_size": 2})), tmp_path / "s2", progress=False,
+               init_from=tmp_path / "s1" / "pipeline", start_step=2)  # fmt: skip
+    a = torch.load(tmp_path / "one" / "checkpoint.pt", weights_only=False)
+    _same_weights(a, torch.load(tmp_path / "s2" / "checkpoint.pt", weights_only=False))
 
 
 def test_run_interrupted_in_the_detail_stage_resumes_to_the_same_weights(tmp_path):

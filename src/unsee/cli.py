@@ -68,7 +68,7 @@ def _add_world(sub: argparse._SubParsersAction) -> None:
     tr.add_argument("--init-from", default=None, help="warm-start from an exported pipeline folder")
     tr.add_argument("--start-step", type=int, default=0, help="with --init-from: the step that pipeline reached")
     for name in ("seed", "steps", "vae_steps", "batch_size", "workers", "threads", "checkpoint_every", "export_every",
-                 "anneal_from", "anneal_to", "detail_from", "detail_to"):  # fmt: skip
+                 "anneal_from", "anneal_to", "detail_from", "detail_to", "detail_batch_size"):  # fmt: skip
         tr.add_argument(f"--{name.replace('_', '-')}", type=int, default=getattr(defaults, name))
     tr.add_argument("--lr", type=float, default=defaults.lr)
     tr.add_argument("--ema-decay", type=float, default=defaults.ema_decay)

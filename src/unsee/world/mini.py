@@ -70,6 +70,9 @@ class MiniConfig:
     detail_from: int = 0
     detail_to: int = 0
     detail_gamma: float = 1000.0
+    # Batch size in the detail stage (0 = batch_size). Refining a model that already draws every
+    # concept needs less gradient averaging than learning it, and a step costs in proportion.
+    detail_batch_size: int = 0
     checkpoint_every: int = 200
     export_every: int = 600
     unet_channels: tuple[int, ...] = (64, 128, 128)
@@ -203,19 +206,25 @@ def export_pipeline(components: dict, out: Path, dtype: torch.dtype = torch.floa
 class _Batches(torch.utils.data.Dataset):
     """Batch ``i`` of a stream, drawn from its own seed: workers and resumes see the same data."""
 
-    def __init__(self, seed: int, stream: int, start: int, stop: int, size: int):
+    def __init__(self, seed: int, stream: int, start: int, stop: int, size: int, size_from: int = 0, size_after: int = 0):
         self.seed, self.stream, self.start, self.stop, self.size = seed, stream, start, stop, size
+        self.size_from, self.size_after = size_from, size_after  # batches from step size_from have size_after
 
     def __len__(self) -> int:
         return self.stop - self.start
 
     def __getitem__(self, i: int):
-        b = make_batch(scene_rng(self.seed, self.stream, self.start + i), self.size)
+        step = self.start + i
+        size = self.size_after if self.size_after and step >= self.size_from else self.size
+        b = make_batch(scene_rng(self.seed, self.stream, step), size)
         return b.images, b.captions
 
 
 def _batches(cfg: MiniConfig, stream: int, start: int, stop: int):
-    ds = _Batches(cfg.seed, stream, start, stop, cfg.batch_size)
+    if stream == UNET_STREAM and cfg.detail_to:
+        ds = _Batches(cfg.seed, stream, start, stop, cfg.batch_size, cfg.detail_from, cfg.detail_batch_size)
+    else:
+        ds = _Batches(cfg.seed, stream, start, stop, cfg.batch_size)
     if cfg.workers == 0:
         return (ds[i] for i in range(len(ds)))
     return iter(torch.utils.data.DataLoader(ds, batch_size=None, num_workers=cfg.workers, prefetch_factor=4))
