@@ -184,6 +184,16 @@ def test_frozen_token_embeddings_stay_at_initialisation(tmp_path):
     assert not torch.equal(ck["text_encoder"][moved], init[moved])
 
 
+def test_frozen_text_encoder_stays_at_initialisation(tmp_path):
+    cfg = tiny_config(vae_steps=2, steps=3, lr=1e-2, warmup=1, checkpoint_every=100, freeze_text_encoder=True)
+    train_mini(cfg, tmp_path, progress=False)
+    ck = torch.load(tmp_path / "checkpoint.pt", weights_only=False)
+    comps = build_components(cfg)
+    for key, t in comps["text_encoder"].state_dict().items():
+        assert torch.equal(ck["text_encoder"][key], t) and torch.equal(ck["ema_text"][key], t), key
+    assert not torch.equal(ck["unet"]["conv_in.weight"], comps["unet"].state_dict()["conv_in.weight"])
+
+
 def test_resume_refuses_another_config(tmp_path):
     train_mini(tiny_config(vae_steps=2, steps=1, checkpoint_every=1), tmp_path, progress=False)
     with pytest.raises(ValueError, match="another config"):

@@ -56,6 +56,10 @@ class MiniConfig:
     t_sampling: str = "weighted"
     # Keep the text encoder's token embeddings at their random (near-orthogonal) initialisation.
     freeze_token_embeddings: bool = False
+    # Keep the whole text encoder at its random initialisation, as SD keeps its (pretrained) CLIP
+    # frozen: a jointly trained encoder merges words whose pictures look alike at high noise
+    # (hexagon, circle and square become one direction), and the UNet then cannot tell them apart.
+    freeze_text_encoder: bool = False
     # "epsilon" as SD 1.x, or "v_prediction" as SD 2.x. zero_terminal_snr (v only) rescales the
     # betas so that t = T is pure noise and DDIM starts there ("trailing"), as Lin et al. 2024 do:
     # sampling then starts where training did, and the prompt, not the noise, sets the coarse image.
@@ -260,6 +264,8 @@ def train_mini(
     vae_opt = torch.optim.AdamW(vae.parameters(), lr=cfg.vae_lr)
     if cfg.freeze_token_embeddings:
         text_encoder.get_input_embeddings().requires_grad_(False)
+    if cfg.freeze_text_encoder:
+        text_encoder.requires_grad_(False)
     params = [p for p in list(unet.parameters()) + list(text_encoder.parameters()) if p.requires_grad]
     opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
     ema_unet, ema_text = copy.deepcopy(unet).requires_grad_(False), copy.deepcopy(text_encoder).requires_grad_(False)
