@@ -243,6 +243,30 @@ def test_weighted_timestep_sampling_keeps_the_min_snr_objective():
         diffusion_loss(comps, batch.images[:2], batch.captions[:2], w, torch.Generator(), t_sampling="sqrt")
 
 
+def test_text_grad_min_snr_stops_only_the_text_encoders_gradient_from_noisy_samples():
+    comps = build_components(tiny_config(**V))
+    batch = make_batch(scene_rng(0, 79, 0), 16)
+    w = min_snr_weights(5.0, comps["scheduler"])
+    a = comps["scheduler"].alphas_cumprod[torch.randint(0, len(w), (16,), generator=torch.Generator().manual_seed(3))]
+    assert ((a / (1 - a)) < 1).any() and ((a / (1 - a)) >= 1).any()  # the batch below has both kinds of sample
+
+    def grads(thr: float):
+        for m in (comps["unet"], comps["text_encoder"]):
+            m.zero_grad(set_to_none=True)
+        loss = diffusion_loss(comps, batch.images, batch.captions, w, torch.Generator().manual_seed(3), text_grad_min_snr=thr)
+        loss.backward()
+        te = torch.cat([p.grad.flatten() if p.grad is not None else torch.zeros(p.numel())
+                        for p in comps["text_encoder"].parameters()])  # fmt: skip
+        return loss.item(), torch.cat([p.grad.flatten() for p in comps["unet"].parameters()]), te
+
+    (l0, u0, t0), (l1, u1, t1), (li, ui, ti) = grads(0.0), grads(1.0), grads(float("inf"))
+    assert l0 == l1 == li  # the same features go forward ...
+    torch.testing.assert_close(u1, u0)  # ... and the UNet learns the same
+    torch.testing.assert_close(ui, u0)
+    assert ti.abs().max() == 0 and t0.abs().max() > 0  # no sample passes, or every sample does
+    assert t1.abs().max() > 0 and not torch.allclose(t1, t0)  # only the low-noise ones do
+
+
 def test_v_target_is_the_schedulers_velocity():
     sched = build_components(tiny_config(**V))["scheduler"]
     g = torch.Generator().manual_seed(0)

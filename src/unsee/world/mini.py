@@ -60,6 +60,10 @@ class MiniConfig:
     # frozen: a jointly trained encoder merges words whose pictures look alike at high noise
     # (hexagon, circle and square become one direction), and the UNet then cannot tell them apart.
     freeze_text_encoder: bool = False
+    # Samples with SNR(t) below this pass no gradient into the text encoder (0 = all do). At high
+    # noise, alike shapes look alike, and those samples teach the encoder to give their words one
+    # direction; the UNet still learns from every sample.
+    text_grad_min_snr: float = 0.0
     # "epsilon" as SD 1.x, or "v_prediction" as SD 2.x. zero_terminal_snr (v only) rescales the
     # betas so that t = T is pure noise and DDIM starts there ("trailing"), as Lin et al. 2024 do:
     # sampling then starts where training did, and the prompt, not the noise, sets the coarse image.
@@ -359,7 +363,7 @@ def train_mini(
         w = detail_weight if cfg.detail_to and s >= cfg.detail_from else weight
         g = torch.Generator().manual_seed(cfg.seed * 1_000_003 + 500_000 + s)
         loss = diffusion_loss(comps | {"unet": unet, "text_encoder": text_encoder, "vae": vae}, images, list(captions),
-                              w, g, t_sampling=cfg.t_sampling)  # fmt: skip
+                              w, g, t_sampling=cfg.t_sampling, text_grad_min_snr=cfg.text_grad_min_snr)  # fmt: skip
         if not torch.isfinite(loss):
             raise FloatingPointError(f"UNet loss is {loss.item()} at step {s}; lower --lr or resume from the checkpoint")
         for group in opt.param_groups:
@@ -449,12 +453,14 @@ def diffusion_loss(
     weight: torch.Tensor,
     generator: torch.Generator,
     t_sampling: str = "uniform",
+    text_grad_min_snr: float = 0.0,
 ) -> torch.Tensor:
     """Min-SNR-weighted MSE on a batch, against the target of ``comps["scheduler"]``'s prediction
     type and on its noise schedule; all noise drawn on the CPU from ``generator``.
 
     ``t_sampling="weighted"`` draws t with probability w(t) / sum(w) and weighs every sample
-    by mean(w): the same objective in expectation as uniform t with weights w(t).
+    by mean(w): the same objective in expectation as uniform t with weights w(t). Samples with
+    SNR(t) < ``text_grad_min_snr`` see the same text features but pass no gradient into the encoder.
     """
     if t_sampling not in ("uniform", "weighted"):
         raise ValueError(f"unknown t_sampling {t_sampling!r}; use 'uniform' or 'weighted'")
@@ -476,6 +482,9 @@ def diffusion_loss(
     xt = a.sqrt() * x0 + (1 - a).sqrt() * noise
     target = training_target(x0, noise, a, sched.config.prediction_type)
     cond = encode_text(comps["tokenizer"], comps["text_encoder"], captions)
+    if text_grad_min_snr > 0:
+        keep = (a / (1 - a) >= text_grad_min_snr).to(cond.dtype).view(-1, 1, 1)
+        cond = keep * cond + (1 - keep) * cond.detach()
     pred = unet(xt, t.to(device), cond).sample
     return (w_t.to(device) * ((pred - target) ** 2).mean(dim=(1, 2, 3))).mean()
 
