@@ -62,7 +62,8 @@ class MiniConfig:
     freeze_text_encoder: bool = False
     # Samples with SNR(t) below this pass no gradient into the text encoder (0 = all do). At high
     # noise, alike shapes look alike, and those samples teach the encoder to give their words one
-    # direction; the UNet still learns from every sample.
+    # direction; the UNet still learns from every sample. Measured at 1: the words stay apart early,
+    # but colours and backgrounds, learned from those samples, come much later (README).
     text_grad_min_snr: float = 0.0
     # "epsilon" as SD 1.x, or "v_prediction" as SD 2.x. zero_terminal_snr (v only) rescales the
     # betas so that t = T is pure noise and DDIM starts there ("trailing"), as Lin et al. 2024 do:
