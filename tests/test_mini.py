@@ -198,6 +198,13 @@ def test_resume_refuses_another_config(tmp_path):
     train_mini(tiny_config(vae_steps=2, steps=1, checkpoint_every=1), tmp_path, progress=False)
     with pytest.raises(ValueError, match="another config"):
         train_mini(tiny_config(vae_steps=2, steps=2, lr=1e-5), tmp_path, resume=True, progress=False)
+    # a checkpoint from before a setting existed resumes when that setting is at its default, and only then
+    ck = torch.load(tmp_path / "checkpoint.pt", weights_only=False)
+    del ck["config"]["text_grad_min_snr"]
+    torch.save(ck, tmp_path / "checkpoint.pt")
+    train_mini(tiny_config(vae_steps=2, steps=2, checkpoint_every=1), tmp_path, resume=True, progress=False)
+    with pytest.raises(ValueError, match="another config"):
+        train_mini(tiny_config(vae_steps=2, steps=3, text_grad_min_snr=1.0), tmp_path, resume=True, progress=False)
     with pytest.raises(FileNotFoundError, match="without --resume"):
         train_mini(tiny_config(), tmp_path / "empty", resume=True, progress=False)
 

@@ -282,7 +282,8 @@ def train_mini(
         if not ckpt_path.exists():
             raise FileNotFoundError(f"no checkpoint at {ckpt_path}; run without --resume to start training")
         ck = torch.load(ckpt_path, map_location="cpu", weights_only=False)
-        if _result_config(ck["config"]) != _result_config(asdict(cfg)):
+        # A setting added after the checkpoint was made counts at its default: old runs still resume.
+        if _result_config(asdict(MiniConfig()) | ck["config"]) != _result_config(asdict(cfg)):
             raise ValueError(f"checkpoint {ckpt_path} was made with another config; use the same flags or a new --out")
         for name, mod in [("vae", vae), ("unet", unet), ("text_encoder", text_encoder), ("ema_unet", ema_unet),
                           ("ema_text", ema_text), ("vae_opt", vae_opt), ("opt", opt)]:  # fmt: skip
