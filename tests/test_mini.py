@@ -98,17 +98,24 @@ def _same_weights(a: dict, b: dict, keys=("unet", "text_encoder", "ema_unet", "e
             torch.testing.assert_close(b[key][name], t, rtol=0, atol=0, msg=f"{key}.{name}")
 
 
+def _stage1_then_warm_start(tmp_path, **warm_extra) -> dict:
+    """Stage 1 of DETAIL into tmp_path/s1, then a warm start from its export with the detail stage's gamma and
+    lr schedule into tmp_path/s2; returns stage 1's settings."""
+    stage1 = dict(DETAIL, detail_from=0, detail_to=0)
+    train_mini(tiny_config(steps=2, checkpoint_every=100, **stage1), tmp_path / "s1", progress=False)
+    warm = dict(stage1, anneal_from=2, anneal_to=5, min_snr_gamma=50.0) | warm_extra
+    train_mini(tiny_config(steps=5, checkpoint_every=100, **warm), tmp_path / "s2", progress=False,
+               init_from=tmp_path / "s1" / "pipeline", start_step=2)  # fmt: skip
+    return stage1
+
+
 def test_detail_stage_is_a_warm_start_from_the_stage_one_export(tmp_path):
     # One run with a detail stage from step 2 to 5 ...
     one = tiny_config(steps=5, checkpoint_every=100, **DETAIL)
     train_mini(one, tmp_path / "one", progress=False)
     # ... equals stage 1 alone, then `unsee world train --init-from stage1/pipeline --start-step 2` with the
     # detail stage's gamma and lr schedule: the restart is from the EMA weights, with a fresh optimiser.
-    stage1 = dict(DETAIL, detail_from=0, detail_to=0)
-    train_mini(tiny_config(steps=2, checkpoint_every=100, **stage1), tmp_path / "s1", progress=False)
-    warm = dict(stage1, anneal_from=2, anneal_to=5, min_snr_gamma=50.0)
-    train_mini(tiny_config(steps=5, checkpoint_every=100, **warm), tmp_path / "s2", progress=False,
-               init_from=tmp_path / "s1" / "pipeline", start_step=2)  # fmt: skip
+    stage1 = _stage1_then_warm_start(tmp_path)
     a = torch.load(tmp_path / "one" / "checkpoint.pt", weights_only=False)
     b = torch.load(tmp_path / "s2" / "checkpoint.pt", weights_only=False)
     assert a["state"]["step"] == b["state"]["step"] == 5 and a["state"]["detail_started"]
@@ -131,11 +138,7 @@ def test_detail_stage_batch_size_is_the_warm_start_s_batch_size(tmp_path):
     assert small.scenes == full.scenes[:2]
     one = tiny_config(steps=5, checkpoint_every=100, detail_batch_size=2, **DETAIL)
     train_mini(one, tmp_path / "one", progress=False)
-    stage1 = dict(DETAIL, detail_from=0, detail_to=0)
-    train_mini(tiny_config(steps=2, checkpoint_every=100, **stage1), tmp_path / "s1", progress=False)
-    warm = dict(stage1, anneal_from=2, anneal_to=5, min_snr_gamma=50.0)
-    train_mini(tiny_config(steps=5, checkpoint_every=100, **(warm | {"batch_size": 2})), tmp_path / "s2", progress=False,
-               init_from=tmp_path / "s1" / "pipeline", start_step=2)  # fmt: skip
+    _stage1_then_warm_start(tmp_path, batch_size=2)
     a = torch.load(tmp_path / "one" / "checkpoint.pt", weights_only=False)
     _same_weights(a, torch.load(tmp_path / "s2" / "checkpoint.pt", weights_only=False))
 

@@ -230,10 +230,8 @@ class _Batches(torch.utils.data.Dataset):
 
 
 def _batches(cfg: MiniConfig, stream: int, start: int, stop: int):
-    if stream == UNET_STREAM and cfg.detail_to:
-        ds = _Batches(cfg.seed, stream, start, stop, cfg.batch_size, cfg.detail_from, cfg.detail_batch_size)
-    else:
-        ds = _Batches(cfg.seed, stream, start, stop, cfg.batch_size)
+    detail_size = cfg.detail_batch_size if stream == UNET_STREAM and cfg.detail_to else 0
+    ds = _Batches(cfg.seed, stream, start, stop, cfg.batch_size, cfg.detail_from, detail_size)
     if cfg.workers == 0:
         return (ds[i] for i in range(len(ds)))
     return iter(torch.utils.data.DataLoader(ds, batch_size=None, num_workers=cfg.workers, prefetch_factor=4))
