@@ -197,13 +197,32 @@ def test_frozen_text_encoder_stays_at_initialisation(tmp_path):
     assert not torch.equal(ck["unet"]["conv_in.weight"], comps["unet"].state_dict()["conv_in.weight"])
 
 
+def test_text_lr_scale_scales_only_the_text_encoders_step(tmp_path):
+    # Adam's first step is lr * g / (|g| + eps) plus decay lr * wd * p: both scale with the lr.
+    moved = {}
+    for scale in (1.0, 0.25):
+        cfg = tiny_config(vae_steps=2, steps=1, warmup=1, checkpoint_every=100, text_lr_scale=scale)
+        train_mini(cfg, tmp_path / str(scale), progress=False)
+        ck = torch.load(tmp_path / str(scale) / "checkpoint.pt", weights_only=False)
+        init = build_components(cfg)
+        moved[scale] = {m: {k: ck[m][k] - v for k, v in init[m].state_dict().items()} for m in ("unet", "text_encoder")}
+    for k, d in moved[1.0]["unet"].items():
+        assert torch.allclose(moved[0.25]["unet"][k], d, atol=1e-7), k
+    key = "encoder.layers.0.mlp.fc1.weight"
+    assert moved[1.0]["text_encoder"][key].abs().max() > 1e-5
+    for k, d in moved[1.0]["text_encoder"].items():
+        assert torch.allclose(moved[0.25]["text_encoder"][k], 0.25 * d, atol=1e-7), k
+
+
 def test_resume_refuses_another_config(tmp_path):
     train_mini(tiny_config(vae_steps=2, steps=1, checkpoint_every=1), tmp_path, progress=False)
     with pytest.raises(ValueError, match="another config"):
         train_mini(tiny_config(vae_steps=2, steps=2, lr=1e-5), tmp_path, resume=True, progress=False)
     # a checkpoint from before a setting existed resumes when that setting is at its default, and only then
     ck = torch.load(tmp_path / "checkpoint.pt", weights_only=False)
-    del ck["config"]["text_grad_min_snr"]
+    del ck["config"]["text_grad_min_snr"], ck["config"]["text_lr_scale"]
+    for group in ck["opt"]["param_groups"]:
+        del group["lr_scale"]
     torch.save(ck, tmp_path / "checkpoint.pt")
     train_mini(tiny_config(vae_steps=2, steps=2, checkpoint_every=1), tmp_path, resume=True, progress=False)
     with pytest.raises(ValueError, match="another config"):

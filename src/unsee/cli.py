@@ -78,6 +78,8 @@ def _add_world(sub: argparse._SubParsersAction) -> None:
     tr.add_argument("--freeze-text-encoder", action="store_true", help="keep the whole text encoder at initialisation")
     tr.add_argument("--text-grad-min-snr", type=float, default=defaults.text_grad_min_snr,
                     help="samples with SNR below this pass no gradient into the text encoder (0: all do)")  # fmt: skip
+    tr.add_argument("--text-lr-scale", type=float, default=defaults.text_lr_scale,
+                    help="the text encoder's lr as a fraction of the UNet's")  # fmt: skip
     tr.add_argument("--prediction-type", choices=("epsilon", "v_prediction"), default=defaults.prediction_type)
     tr.add_argument("--min-snr-gamma", type=float, default=defaults.min_snr_gamma, help="min-SNR loss weights cap the SNR here")
     tr.add_argument(

@@ -65,6 +65,10 @@ class MiniConfig:
     # direction; the UNet still learns from every sample. Measured at 1: the words stay apart early,
     # but colours and backgrounds, learned from those samples, come much later (README).
     text_grad_min_snr: float = 0.0
+    # The text encoder's lr as a fraction of the UNet's (warmup, anneal and detail restart alike). A
+    # middle ground between a jointly trained encoder (merges alike words) and a frozen one (the UNet
+    # learns backgrounds from random features, slowly).
+    text_lr_scale: float = 1.0
     # "epsilon" as SD 1.x, or "v_prediction" as SD 2.x. zero_terminal_snr (v only) rescales the
     # betas so that t = T is pure noise and DDIM starts there ("trailing"), as Lin et al. 2024 do:
     # sampling then starts where training did, and the prompt, not the noise, sets the coarse image.
@@ -94,6 +98,16 @@ class MiniConfig:
     workers: int = 0  # processes drawing batches; 0 draws in the training process
     keep_exports: bool = False  # also keep every export as out_dir/exports/step{N} (accuracy by step)
     extra: dict = field(default_factory=dict)
+
+
+def _param_groups(unet: torch.nn.Module, text_encoder: torch.nn.Module, text_lr_scale: float) -> list[dict]:
+    """The trainable parameters; the text encoder's in a group of its own only when its lr differs,
+    so that checkpoints made before ``text_lr_scale`` existed (one group) still resume."""
+    unet_p = [p for p in unet.parameters() if p.requires_grad]
+    text_p = [p for p in text_encoder.parameters() if p.requires_grad]
+    if text_lr_scale == 1.0 or not text_p:
+        return [{"params": unet_p + text_p, "lr_scale": 1.0}]
+    return [{"params": unet_p, "lr_scale": 1.0}, {"params": text_p, "lr_scale": text_lr_scale}]
 
 
 # Settings that do not change the trained weights: a run may resume with other values.
@@ -269,8 +283,9 @@ def train_mini(
         text_encoder.get_input_embeddings().requires_grad_(False)
     if cfg.freeze_text_encoder:
         text_encoder.requires_grad_(False)
-    params = [p for p in list(unet.parameters()) + list(text_encoder.parameters()) if p.requires_grad]
-    opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    groups = _param_groups(unet, text_encoder, cfg.text_lr_scale)
+    params = [p for gr in groups for p in gr["params"]]
+    opt = torch.optim.AdamW(groups, lr=cfg.lr, weight_decay=cfg.weight_decay)
     ema_unet, ema_text = copy.deepcopy(unet).requires_grad_(False), copy.deepcopy(text_encoder).requires_grad_(False)
     for m in (vae, unet, text_encoder, ema_unet, ema_text):
         m.to(device)
@@ -357,7 +372,8 @@ def train_mini(
             # Restart from the EMA weights, as a warm start from the stage-1 export would.
             unet.load_state_dict(ema_unet.state_dict())
             text_encoder.load_state_dict(ema_text.state_dict())
-            opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+            fresh = _param_groups(unet, text_encoder, cfg.text_lr_scale)
+            opt = torch.optim.AdamW(fresh, lr=cfg.lr, weight_decay=cfg.weight_decay)
             state["detail_started"] = True
         # By step, not by the restart: a warm start (--init-from) inside the detail stage is its restart.
         w = detail_weight if cfg.detail_to and s >= cfg.detail_from else weight
@@ -366,8 +382,9 @@ def train_mini(
                               w, g, t_sampling=cfg.t_sampling, text_grad_min_snr=cfg.text_grad_min_snr)  # fmt: skip
         if not torch.isfinite(loss):
             raise FloatingPointError(f"UNet loss is {loss.item()} at step {s}; lower --lr or resume from the checkpoint")
+        lr = learning_rate(cfg, s, state.get("warm_from", 0))
         for group in opt.param_groups:
-            group["lr"] = learning_rate(cfg, s, state.get("warm_from", 0))
+            group["lr"] = lr * group.get("lr_scale", 1.0)  # absent in checkpoints made before it
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(params, 1.0)
