@@ -68,7 +68,7 @@ def _add_world(sub: argparse._SubParsersAction) -> None:
     tr.add_argument("--init-from", default=None, help="warm-start from an exported pipeline folder")
     tr.add_argument("--start-step", type=int, default=0, help="with --init-from: the step that pipeline reached")
     for name in ("seed", "steps", "vae_steps", "batch_size", "workers", "threads", "checkpoint_every", "export_every",
-                 "anneal_from", "anneal_to", "detail_from", "detail_to", "detail_batch_size"):  # fmt: skip
+                 "anneal_from", "anneal_to", "detail_from", "detail_to", "detail_batch_size", "text_pretrain_steps"):  # fmt: skip
         tr.add_argument(f"--{name.replace('_', '-')}", type=int, default=getattr(defaults, name))
     tr.add_argument("--lr", type=float, default=defaults.lr)
     tr.add_argument("--ema-decay", type=float, default=defaults.ema_decay)
@@ -80,6 +80,7 @@ def _add_world(sub: argparse._SubParsersAction) -> None:
                     help="samples with SNR below this pass no gradient into the text encoder (0: all do)")  # fmt: skip
     tr.add_argument("--text-lr-scale", type=float, default=defaults.text_lr_scale,
                     help="the text encoder's lr as a fraction of the UNet's")  # fmt: skip
+    tr.add_argument("--text-pretrain-lr", type=float, default=defaults.text_pretrain_lr)
     tr.add_argument("--prediction-type", choices=("epsilon", "v_prediction"), default=defaults.prediction_type)
     tr.add_argument("--min-snr-gamma", type=float, default=defaults.min_snr_gamma, help="min-SNR loss weights cap the SNR here")
     tr.add_argument(

@@ -27,6 +27,7 @@ from unsee.sampling import encode_text
 from unsee.world.captions import caption_words
 from unsee.world.data import make_batch, scene_rng
 from unsee.world.render import IMAGE_SIZE
+from unsee.world.text_pretrain import pretrain_text_encoder
 from unsee.world.tokenizer import MAX_LENGTH, build_tokenizer
 
 VAE_STREAM, UNET_STREAM = 1, 2
@@ -69,6 +70,10 @@ class MiniConfig:
     # middle ground between a jointly trained encoder (merges alike words) and a frozen one (the UNet
     # learns backgrounds from random features, slowly).
     text_lr_scale: float = 1.0
+    # Steps of the text encoder's pretext task before the UNet stage (0 = none; world/text_pretrain.py):
+    # the encoder learns which concepts a caption names, as CLIP arrives pretrained in SD.
+    text_pretrain_steps: int = 0
+    text_pretrain_lr: float = 1e-3
     # "epsilon" as SD 1.x, or "v_prediction" as SD 2.x. zero_terminal_snr (v only) rescales the
     # betas so that t = T is pure noise and DDIM starts there ("trailing"), as Lin et al. 2024 do:
     # sampling then starts where training did, and the prompt, not the noise, sets the coarse image.
@@ -311,6 +316,7 @@ def train_mini(
             mine.load_state_dict(theirs.state_dict())
         vae.register_to_config(scaling_factor=src.vae.config.scaling_factor)
         state.update(vae_step=cfg.vae_steps, step=start_step, warm_from=start_step, init_from=str(init_from))
+        state["text_pretrained"] = True  # the warm start brings its encoder
     (out_dir / "config.json").write_text(json.dumps(asdict(cfg), indent=2))
 
     def checkpoint() -> None:
@@ -358,6 +364,15 @@ def train_mini(
             checkpoint()
     bar.close()
     vae.eval().requires_grad_(False)
+
+    # Stage 1b: the text encoder's pretext task (seconds); both the encoder and its EMA start from it.
+    if cfg.text_pretrain_steps and not state.get("text_pretrained"):
+        losses = pretrain_text_encoder(text_encoder, comps["tokenizer"], cfg.text_pretrain_steps, seed=cfg.seed,
+                                       lr=cfg.text_pretrain_lr).losses  # fmt: skip
+        ema_text.load_state_dict(text_encoder.state_dict())
+        state.update(text_pretrained=True, text_pretrain_loss=(losses[0], losses[-1]))
+        state["elapsed"] = time.perf_counter() - t0
+        checkpoint()
 
     # Stage 2: UNet + text encoder, epsilon or v prediction with min-SNR-gamma weights.
     # The weights stay on the CPU, where t is drawn: no device sync per step.
