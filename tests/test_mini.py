@@ -227,6 +227,15 @@ def test_resume_refuses_another_config(tmp_path):
     train_mini(tiny_config(vae_steps=2, steps=2, checkpoint_every=1), tmp_path, resume=True, progress=False)
     with pytest.raises(ValueError, match="another config"):
         train_mini(tiny_config(vae_steps=2, steps=3, text_grad_min_snr=1.0), tmp_path, resume=True, progress=False)
+    # ... and a setting whose default has changed counts at what runs did before it existed
+    off = dict(vae_steps=2, checkpoint_every=1, freeze_text_encoder=False, text_pretrain_steps=0)
+    train_mini(tiny_config(steps=1, **off), tmp_path / "old", progress=False)
+    ck = torch.load(tmp_path / "old" / "checkpoint.pt", weights_only=False)
+    del ck["config"]["freeze_text_encoder"], ck["config"]["text_pretrain_steps"]
+    torch.save(ck, tmp_path / "old" / "checkpoint.pt")
+    with pytest.raises(ValueError, match="another config"):
+        train_mini(tiny_config(steps=2, **(off | {"freeze_text_encoder": True})), tmp_path / "old", resume=True, progress=False)
+    train_mini(tiny_config(steps=2, **off), tmp_path / "old", resume=True, progress=False)
     with pytest.raises(FileNotFoundError, match="without --resume"):
         train_mini(tiny_config(), tmp_path / "empty", resume=True, progress=False)
 

@@ -119,6 +119,10 @@ def _param_groups(unet: torch.nn.Module, text_encoder: torch.nn.Module, text_lr_
 _RUN_ONLY = ("steps", "checkpoint_every", "export_every", "workers", "threads", "keep_exports")
 
 
+# Settings whose default is not what a run made before they existed did; the others' defaults are.
+_BEFORE_IT_EXISTED = {"freeze_text_encoder": False, "text_pretrain_steps": 0}
+
+
 def _result_config(c: dict) -> dict:
     return {k: v for k, v in c.items() if k not in _RUN_ONLY}
 
@@ -300,8 +304,8 @@ def train_mini(
         if not ckpt_path.exists():
             raise FileNotFoundError(f"no checkpoint at {ckpt_path}; run without --resume to start training")
         ck = torch.load(ckpt_path, map_location="cpu", weights_only=False)
-        # A setting added after the checkpoint was made counts at its default: old runs still resume.
-        if _result_config(asdict(MiniConfig()) | ck["config"]) != _result_config(asdict(cfg)):
+        # A setting added after the checkpoint was made counts at the value that means "as before it existed".
+        if _result_config(asdict(MiniConfig()) | _BEFORE_IT_EXISTED | ck["config"]) != _result_config(asdict(cfg)):
             raise ValueError(f"checkpoint {ckpt_path} was made with another config; use the same flags or a new --out")
         for name, mod in [("vae", vae), ("unet", unet), ("text_encoder", text_encoder), ("ema_unet", ema_unet),
                           ("ema_text", ema_text), ("vae_opt", vae_opt), ("opt", opt)]:  # fmt: skip
@@ -368,7 +372,7 @@ def train_mini(
     # Stage 1b: the text encoder's pretext task (seconds); both the encoder and its EMA start from it.
     if cfg.text_pretrain_steps and not state.get("text_pretrained"):
         losses = pretrain_text_encoder(text_encoder, comps["tokenizer"], cfg.text_pretrain_steps, seed=cfg.seed,
-                                       lr=cfg.text_pretrain_lr).losses  # fmt: skip
+                                       lr=cfg.text_pretrain_lr, progress=progress).losses  # fmt: skip
         ema_text.load_state_dict(text_encoder.state_dict())
         state.update(text_pretrained=True, text_pretrain_loss=(losses[0], losses[-1]))
         state["elapsed"] = time.perf_counter() - t0

@@ -17,6 +17,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 import torch.nn.functional as F
+from tqdm.auto import tqdm
 from transformers import CLIPTextModel, CLIPTokenizer
 
 from unsee.world.captions import OBJECT_SYNONYMS, STYLE_WORDS, caption
@@ -75,6 +76,7 @@ def pretrain_text_encoder(
     seed: int,
     lr: float = 1e-3,
     batch_size: int = 256,
+    progress: bool = False,
 ) -> TextPretrain:
     """Train ``text_encoder`` in place for ``steps`` steps on the pretext task.
 
@@ -93,7 +95,8 @@ def pretrain_text_encoder(
     text_encoder.requires_grad_(True).train()
     opt = torch.optim.AdamW([*text_encoder.parameters(), *head.parameters()], lr=lr, weight_decay=0.0)
     losses = []
-    for step in range(steps):
+    bar = tqdm(range(steps), desc="text", disable=not progress)
+    for step in bar:
         rng = np.random.default_rng([seed, TEXT_STREAM, step])
         captions = [caption(sample_scene(rng), rng) for _ in range(batch_size)]
         ids = tokenizer(captions, padding="max_length", max_length=tokenizer.model_max_length, return_tensors="pt")
@@ -106,6 +109,7 @@ def pretrain_text_encoder(
         loss.backward()
         opt.step()
         losses.append(loss.item())
+        bar.set_postfix(loss=f"{losses[-1]:.4f}")
     for p, r in zip(text_encoder.parameters(), was):
         p.requires_grad_(r)
     head.requires_grad_(False)
