@@ -21,6 +21,24 @@ def mini_config(args: argparse.Namespace) -> MiniConfig:
     return MiniConfig(**{f.name: getattr(args, f.name) for f in fields(MiniConfig) if hasattr(args, f.name)})
 
 
+TRAIN_HELP = {
+    "seed": "seed of every draw (images, noise, initialisation)",
+    "steps": "UNet steps in all",
+    "vae_steps": "autoencoder steps before the UNet stage",
+    "batch_size": "images per UNet step",
+    "workers": "processes drawing the training images",
+    "threads": "torch threads (0: torch's default)",
+    "checkpoint_every": "steps between checkpoints (what --resume continues from)",
+    "export_every": "steps between pipeline exports",
+    "anneal_from": "step where the lr starts to fall linearly",
+    "anneal_to": "step where the lr reaches 0",
+    "detail_from": "step where the detail stage restarts from the EMA weights (0: no detail stage)",
+    "detail_to": "step where the detail stage's lr reaches 0",
+    "detail_batch_size": "images per detail-stage step (0: --batch-size)",
+    "text_pretrain_steps": "steps of the text encoder's pretext task (which concepts a caption names) before the UNet stage",
+}
+
+
 def _world_train(args: argparse.Namespace) -> None:
     from unsee.world.mini import train_mini
 
@@ -69,7 +87,7 @@ def _add_world(sub: argparse._SubParsersAction) -> None:
     tr.add_argument("--start-step", type=int, default=0, help="with --init-from: the step that pipeline reached")
     for name in ("seed", "steps", "vae_steps", "batch_size", "workers", "threads", "checkpoint_every", "export_every",
                  "anneal_from", "anneal_to", "detail_from", "detail_to", "detail_batch_size", "text_pretrain_steps"):  # fmt: skip
-        tr.add_argument(f"--{name.replace('_', '-')}", type=int, default=getattr(defaults, name))
+        tr.add_argument(f"--{name.replace('_', '-')}", type=int, default=getattr(defaults, name), help=TRAIN_HELP.get(name))
     tr.add_argument("--lr", type=float, default=defaults.lr)
     tr.add_argument("--ema-decay", type=float, default=defaults.ema_decay)
     tr.add_argument("--t-sampling", choices=("weighted", "uniform"), default=defaults.t_sampling)
@@ -80,7 +98,7 @@ def _add_world(sub: argparse._SubParsersAction) -> None:
                     help="samples with SNR below this pass no gradient into the text encoder (0: all do)")  # fmt: skip
     tr.add_argument("--text-lr-scale", type=float, default=defaults.text_lr_scale,
                     help="the text encoder's lr as a fraction of the UNet's")  # fmt: skip
-    tr.add_argument("--text-pretrain-lr", type=float, default=defaults.text_pretrain_lr)
+    tr.add_argument("--text-pretrain-lr", type=float, default=defaults.text_pretrain_lr, help="the pretext task's lr")
     tr.add_argument("--prediction-type", choices=("epsilon", "v_prediction"), default=defaults.prediction_type)
     tr.add_argument("--min-snr-gamma", type=float, default=defaults.min_snr_gamma, help="min-SNR loss weights cap the SNR here")
     tr.add_argument(

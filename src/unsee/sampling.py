@@ -17,11 +17,15 @@ from diffusers.utils.torch_utils import randn_tensor
 EpsFn = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
 
 
+def tokenize(tokenizer, prompts: Sequence[str]) -> torch.Tensor:
+    """Token ids ``(B, L)`` of prompts, padded (and cut) to the tokenizer's length as SD does."""
+    return tokenizer(list(prompts), padding="max_length", max_length=tokenizer.model_max_length, truncation=True,
+                     return_tensors="pt").input_ids  # fmt: skip
+
+
 def encode_text(tokenizer, text_encoder: torch.nn.Module, prompts: Sequence[str]) -> torch.Tensor:
-    """Text-encoder hidden states ``(B, L, D)`` of prompts, padded to the tokenizer's length as SD does."""
-    ids = tokenizer(list(prompts), padding="max_length", max_length=tokenizer.model_max_length, truncation=True,
-                    return_tensors="pt").input_ids  # fmt: skip
-    return text_encoder(ids.to(text_encoder.device))[0]
+    """Text-encoder hidden states ``(B, L, D)`` of prompts (:func:`tokenize`)."""
+    return text_encoder(tokenize(tokenizer, prompts).to(text_encoder.device))[0]
 
 
 def encode_prompts(pipe: StableDiffusionPipeline, prompts: Sequence[str]) -> torch.Tensor:

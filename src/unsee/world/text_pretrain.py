@@ -20,6 +20,7 @@ import torch.nn.functional as F
 from tqdm.auto import tqdm
 from transformers import CLIPTextModel, CLIPTokenizer
 
+from unsee.sampling import tokenize
 from unsee.world.captions import OBJECT_SYNONYMS, STYLE_WORDS, caption
 from unsee.world.render import BACKGROUNDS, COLOUR_NAMES, FAMILIES, FAMILY_OF, OBJECTS, sample_scene
 
@@ -99,8 +100,7 @@ def pretrain_text_encoder(
     for step in bar:
         rng = np.random.default_rng([seed, TEXT_STREAM, step])
         captions = [caption(sample_scene(rng), rng) for _ in range(batch_size)]
-        ids = tokenizer(captions, padding="max_length", max_length=tokenizer.model_max_length, return_tensors="pt")
-        ids = ids.input_ids.to(device)
+        ids = tokenize(tokenizer, captions).to(device)
         hidden = text_encoder(ids).last_hidden_state  # what the UNet cross-attends to
         loss = F.binary_cross_entropy_with_logits(head(hidden), named_so_far(ids, table))
         if not torch.isfinite(loss):
