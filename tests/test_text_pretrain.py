@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import torch
 
@@ -57,3 +59,9 @@ def test_a_run_with_pretraining_resumes_to_the_same_weights(tmp_path):
     assert not torch.equal(a["text_encoder"]["encoder.layers.0.mlp.fc1.weight"], init["encoder.layers.0.mlp.fc1.weight"])
     for name, t in a["unet"].items():
         assert torch.equal(b["unet"][name], t), name
+    # every stage's steps are timed once, across the interruption (the pretext task ran once)
+    steps = {k: v["steps"] for k, v in b["state"]["stage_seconds"].items()}
+    assert steps == {"vae": 2, "text_pretrain": 2, "unet": 2}
+    log = json.loads((tmp_path / "split" / "train_log.json").read_text())
+    assert set(log["seconds_per_step"]) == set(steps) and all(v > 0 for v in log["seconds_per_step"].values())
+    assert log["machine"]["cpu"] and log["machine"]["torch_threads"] >= 1

@@ -23,6 +23,7 @@ from diffusers import AutoencoderKL, DDIMScheduler, StableDiffusionPipeline, UNe
 from tqdm.auto import tqdm
 from transformers import CLIPTextConfig, CLIPTextModel
 
+from unsee.machine import describe
 from unsee.sampling import encode_text
 from unsee.world.captions import caption_words
 from unsee.world.data import make_batch, scene_rng
@@ -340,6 +341,17 @@ def train_mini(
             ckpt_path,
         )
 
+    # Seconds and steps of each stage, summed over resumes: what a step costs on this machine.
+    stage_s = state.setdefault("stage_seconds", {})
+    clock = [time.perf_counter()]
+
+    def tick(stage: str, steps: int = 1) -> None:
+        now = time.perf_counter()
+        done = stage_s.setdefault(stage, {"seconds": 0.0, "steps": 0})
+        done["seconds"] += now - clock[0]
+        done["steps"] += steps
+        clock[0] = now
+
     # Stage 1: the VAE (a 2x autoencoder: 32x32x3 -> 16x16x4).
     t0 = time.perf_counter() - state["elapsed"]
     bar = tqdm(total=cfg.vae_steps, initial=state["vae_step"], desc="vae", disable=not progress)
@@ -366,15 +378,18 @@ def train_mini(
                 vae.register_to_config(scaling_factor=_latent_scale(vae, cfg))
             state["elapsed"] = time.perf_counter() - t0
             checkpoint()
+        tick("vae")
     bar.close()
     vae.eval().requires_grad_(False)
 
     # Stage 1b: the text encoder's pretext task (seconds); both the encoder and its EMA start from it.
     if cfg.text_pretrain_steps and not state.get("text_pretrained"):
+        clock[0] = time.perf_counter()
         losses = pretrain_text_encoder(text_encoder, comps["tokenizer"], cfg.text_pretrain_steps, seed=cfg.seed,
                                        lr=cfg.text_pretrain_lr, progress=progress).losses  # fmt: skip
         ema_text.load_state_dict(text_encoder.state_dict())
         state.update(text_pretrained=True, text_pretrain_loss=(losses[0], losses[-1]))
+        tick("text_pretrain", cfg.text_pretrain_steps)
         state["elapsed"] = time.perf_counter() - t0
         checkpoint()
 
@@ -385,6 +400,7 @@ def train_mini(
     bar = tqdm(total=cfg.steps, initial=state["step"], desc="unet", disable=not progress)
     unet.train()
     text_encoder.train()
+    clock[0] = time.perf_counter()
     for images, captions in _batches(cfg, UNET_STREAM, state["step"], cfg.steps):
         s = state["step"]
         if cfg.detail_to and s == cfg.detail_from and not state.get("detail_started"):
@@ -411,6 +427,7 @@ def train_mini(
         _ema_update(ema_unet, unet, cfg.ema_decay)
         _ema_update(ema_text, text_encoder, cfg.ema_decay)
         state["step"] += 1
+        tick("unet")
         bar.update(1)
         bar.set_postfix(loss=f"{loss.item():.4f}")
         if state["step"] % 50 == 0:
@@ -421,14 +438,22 @@ def train_mini(
             checkpoint()
         if state["step"] % cfg.export_every == 0 or done:
             training = {"steps": state["step"], "elapsed_s": round(time.perf_counter() - t0, 1), "device": device,
+                        "machine": describe(device), "seconds_per_step": seconds_per_step(state),
                         "config": asdict(cfg)}  # fmt: skip
             export_pipeline(dict(comps, unet=ema_unet, text_encoder=ema_text, vae=vae), out_dir / "pipeline", training=training)
             if cfg.keep_exports:
                 shutil.copytree(out_dir / "pipeline", out_dir / "exports" / f"step{state['step']}", dirs_exist_ok=True)
             (out_dir / "train_log.json").write_text(json.dumps(state["log"]))
     bar.close()
-    (out_dir / "train_log.json").write_text(json.dumps({"elapsed_s": time.perf_counter() - t0, "log": state["log"]}, indent=1))
+    summary = {"elapsed_s": time.perf_counter() - t0, "stage_seconds": stage_s, "seconds_per_step": seconds_per_step(state),
+               "machine": describe(device), "log": state["log"]}  # fmt: skip
+    (out_dir / "train_log.json").write_text(json.dumps(summary, indent=1))
     return out_dir / "pipeline"
+
+
+def seconds_per_step(state: dict) -> dict[str, float]:
+    """Mean wall seconds per step of each stage so far (checkpoints and exports included)."""
+    return {k: round(v["seconds"] / v["steps"], 4) for k, v in state.get("stage_seconds", {}).items() if v["steps"]}
 
 
 def learning_rate(cfg: MiniConfig, step: int, warm_from: int = 0) -> float:
