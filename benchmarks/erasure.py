@@ -17,6 +17,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from _report import write_report
 from unsee.methods import erase, make_config
 from unsee.metrics.protocols import SPLITS, Sampling, class_rates, judge_objects, object_scores, style_scores
 from unsee.models import fingerprint, load_pipeline, sampling_defaults
@@ -102,9 +103,7 @@ def main() -> None:
     if args.style:
         report["style"] = style_rows(pipe, oracle, s, args, common, parts)
         report["markdown"] += report["style"]["markdown"]
-    out.with_suffix(".json").write_text(json.dumps(report, indent=2, default=str))
-    out.with_suffix(".md").write_text(report["markdown"])
-    print(report["markdown"])
+    write_report(out, report, report["markdown"], default=str)
 
 
 def synonyms_excluded(method: str, erased) -> dict:

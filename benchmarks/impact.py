@@ -30,6 +30,7 @@ import numpy as np
 import torch
 from scipy.stats import spearmanr
 
+from _report import write_report
 from unsee.edits import Edit
 from unsee.impact.empirical import empirical_impact, extremes_grid, oracle_label
 from unsee.impact.predictor import (
@@ -185,9 +186,7 @@ def main() -> None:
                          "vocabulary_size": len(words), "draws": args.draws}  # fmt: skip
     plots(report, spectra, out, pipe, oracle, runs)
     report["markdown"] = markdown(report)
-    out.with_suffix(".json").write_text(json.dumps(report, indent=1, default=float))
-    out.with_suffix(".md").write_text(report["markdown"])
-    print(report["markdown"])
+    write_report(out, report, report["markdown"], indent=1, default=float)
 
 
 def rank_spearman(pred: torch.Tensor, truth: torch.Tensor) -> float:

@@ -18,6 +18,8 @@ from pathlib import Path
 
 import torch
 
+from _report import write_report
+from unsee.cli import parse_key_values
 from unsee.machine import describe
 from unsee.models import BUNDLED
 from unsee.world.mini import MiniConfig, train_mini
@@ -26,18 +28,11 @@ RESULTS = Path(__file__).parent / "results"
 SHOWN = ("steps", "vae_steps", "text_pretrain_steps", "batch_size", "freeze_text_encoder", "prediction_type")
 
 
-def parse_set(items: list[str]) -> dict:
-    """KEY=VALUE pairs as MiniConfig fields, each value read as JSON where it parses (1, 0.5, true)."""
-    known = {f.name for f in fields(MiniConfig)}
-    out = {}
-    for item in items:
-        key, _, value = item.partition("=")
-        if key not in known:
-            raise SystemExit(f"unknown MiniConfig field {key!r}; known: {', '.join(sorted(known))}")
-        try:
-            out[key] = json.loads(value)
-        except json.JSONDecodeError:
-            out[key] = value
+def recipe_overrides(items: list[str]) -> dict:
+    """``--set`` pairs, which must name MiniConfig fields."""
+    out, known = parse_key_values(items), {f.name for f in fields(MiniConfig)}
+    if unknown := sorted(set(out) - known):
+        raise SystemExit(f"unknown MiniConfig field(s) {', '.join(unknown)}; known: {', '.join(sorted(known))}")
     return out
 
 
@@ -55,7 +50,7 @@ def main() -> None:
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--out", default=str(RESULTS / "train_speed"))
     args = ap.parse_args()
-    recipe = replace(MiniConfig(), **parse_set(args.set))
+    recipe = replace(MiniConfig(), **recipe_overrides(args.set))
     probe = replace(recipe, vae_steps=args.vae_steps, text_pretrain_steps=min(args.pretext_steps, recipe.text_pretrain_steps),
                     checkpoint_every=10**9, export_every=10**9, keep_exports=False)  # fmt: skip
     with tempfile.TemporaryDirectory() as tmp:
@@ -72,17 +67,13 @@ def main() -> None:
     report = {
         "machine": describe(args.device),
         "device": args.device,
-        "recipe": {k: v for k, v in asdict(recipe).items() if k in SHOWN or k in parse_set(args.set)},
+        "recipe": {k: v for k, v in asdict(recipe).items() if k in SHOWN or k in recipe_overrides(args.set)},
         "timed_steps": {"vae": args.vae_steps, "text_pretrain": probe.text_pretrain_steps, "unet": args.unet_steps},
         "seconds_per_step": per_step,
         "projected_seconds": {**projected, "total": sum(projected.values())},
         "shipped_model_training": {k: shipped[k] for k in ("steps", "elapsed_s", "machine", "runs") if k in shipped},
     }
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.with_suffix(".json").write_text(json.dumps(report, indent=1))
-    out.with_suffix(".md").write_text(to_markdown(report))
-    print(to_markdown(report))
+    write_report(args.out, report, to_markdown(report), indent=1)
 
 
 def _hm(seconds: float) -> str:

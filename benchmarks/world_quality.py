@@ -17,6 +17,8 @@ import numpy as np
 import torch
 from diffusers import DDIMScheduler
 
+from _report import write_report
+from unsee.cli import parse_key_values
 from unsee.metrics.oracle import judge_prompts
 from unsee.models import SamplingDefaults, fingerprint, load_pipeline, resolve, sampling_defaults
 from unsee.sampling import encode_text
@@ -50,20 +52,6 @@ def _mean(xs):
 SECTIONS = ("oracle", "objects", "backgrounds", "synonyms", "families", "two_objects")
 
 
-def parse_set(items: list[str]) -> dict:
-    """KEY=VALUE pairs, each value read as JSON where it parses (60, 3.0, true), else as a string."""
-    out = {}
-    for item in items:
-        key, sep, value = item.partition("=")
-        if not sep:
-            raise SystemExit(f"--scheduler takes KEY=VALUE, got {item!r}")
-        try:
-            out[key] = json.loads(value)
-        except json.JSONDecodeError:
-            out[key] = value
-    return out
-
-
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--model", default="mini")
@@ -90,8 +78,8 @@ def main() -> None:
     d = SamplingDefaults(args.steps or d.steps, d.guidance_scale if args.guidance is None else args.guidance)
     report["sampling"] = {"steps": d.steps, "guidance_scale": d.guidance_scale, "images_per_prompt": args.n}
     if args.scheduler:
-        pipe.scheduler = DDIMScheduler.from_config(pipe.scheduler.config, **parse_set(args.scheduler))
-        report["sampling"]["scheduler"] = parse_set(args.scheduler)
+        pipe.scheduler = DDIMScheduler.from_config(pipe.scheduler.config, **parse_key_values(args.scheduler, "--scheduler"))
+        report["sampling"]["scheduler"] = parse_key_values(args.scheduler, "--scheduler")
 
     if "objects" in on:
         oc = object_colour_set()
@@ -149,11 +137,7 @@ def main() -> None:
         report["training"] = json.loads(info.read_text()).get("training")
     report["benchmark_seconds"] = time.perf_counter() - t0
 
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.with_suffix(".json").write_text(json.dumps(report, indent=2))
-    out.with_suffix(".md").write_text(to_markdown(report))
-    print(to_markdown(report))
+    write_report(args.out, report, to_markdown(report))
 
 
 def to_markdown(r: dict) -> str:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import time
 
+import pytest
 from PIL import Image
 
 from unsee import __version__
@@ -86,3 +87,12 @@ def test_world_train_flags_reach_the_trainer_config():
     # without flags, the documented recipe
     defaults = mini_config(build_parser().parse_args(["world", "train"]))
     assert defaults == MiniConfig()
+
+
+def test_key_value_pairs_parse_as_json_where_they_can():
+    from unsee.cli import parse_key_values
+
+    got = parse_key_values(["lr=1e-3", "unet-channels=[32,64]", "clip_sample=true", "timestep_spacing=trailing"])
+    assert got == {"lr": 1e-3, "unet_channels": (32, 64), "clip_sample": True, "timestep_spacing": "trailing"}
+    with pytest.raises(ValueError, match="--scheduler takes key=value"):
+        parse_key_values(["steps_offset"], "--scheduler")

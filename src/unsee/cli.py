@@ -152,15 +152,16 @@ def _generate(args: argparse.Namespace) -> None:
         print(f"wrote {len(prompts)} images to {folder}/")
 
 
-def _parse_set(items: list[str]) -> dict:
-    """``--set key=value`` pairs; values are JSON when they parse (numbers, lists, booleans), else strings."""
+def parse_key_values(items: list[str], flag: str = "--set") -> dict:
+    """``key=value`` pairs (``flag``'s); values are JSON when they parse (numbers, lists as tuples, booleans),
+    else strings; dashes in keys become underscores."""
     import json
 
     out = {}
     for item in items:
         key, sep, raw = item.partition("=")
         if not sep:
-            raise ValueError(f"--set takes key=value, got {item!r}")
+            raise ValueError(f"{flag} takes key=value, got {item!r}")
         try:
             value = json.loads(raw)
         except json.JSONDecodeError:
@@ -179,7 +180,7 @@ def _erase(args: argparse.Namespace) -> None:
     from unsee.models import load_pipeline, sampling_defaults
     from unsee.sampling import sample
 
-    overrides = _parse_set(args.set)
+    overrides = parse_key_values(args.set)
     for name in ("iterations", "lr", "params", "template", "adversary"):
         if getattr(args, name) is not None:
             overrides[name] = getattr(args, name)
