@@ -3,7 +3,7 @@
 Runs the real trainer (`unsee world train`'s `train_mini`) for a few steps of every stage of a recipe
 (the shipped defaults unless `--set KEY=VALUE`), reads its own stage clocks, and projects the full run:
 vae_steps x s(VAE) + text_pretrain_steps x s(pretext) + steps x s(UNet). The UNet rate is taken after
-`--warmup` steps, over a resumed run, so first-step costs are left out (the final export is in).
+`--warmup` steps, over a resumed run, so first-step costs are left out (and the final export).
 Writes benchmarks/results/train_speed.{json,md}. Run: `.venv/bin/python benchmarks/train_speed.py`
 (about 3 minutes on 2 cores).
 """
