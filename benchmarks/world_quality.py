@@ -78,8 +78,8 @@ def main() -> None:
     d = SamplingDefaults(args.steps or d.steps, d.guidance_scale if args.guidance is None else args.guidance)
     report["sampling"] = {"steps": d.steps, "guidance_scale": d.guidance_scale, "images_per_prompt": args.n}
     if args.scheduler:
-        pipe.scheduler = DDIMScheduler.from_config(pipe.scheduler.config, **parse_key_values(args.scheduler, "--scheduler"))
-        report["sampling"]["scheduler"] = parse_key_values(args.scheduler, "--scheduler")
+        report["sampling"]["scheduler"] = over = parse_key_values(args.scheduler, "--scheduler")
+        pipe.scheduler = DDIMScheduler.from_config(pipe.scheduler.config, **over)
 
     if "objects" in on:
         oc = object_colour_set()
