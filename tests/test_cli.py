@@ -79,11 +79,13 @@ def test_erase_resumes_and_refuses_bad_input(tmp_path, capsys):
 def test_world_train_flags_reach_the_trainer_config():
     args = build_parser().parse_args(
         ["world", "train", "--min-snr-gamma", "1000", "--snr-floor", "0.5", "--steps", "7", "--prediction-type", "epsilon",
-         "--no-zero-terminal-snr", "--t-sampling", "uniform", "--anneal-from", "3", "--anneal-to", "5"]
+         "--no-zero-terminal-snr", "--t-sampling", "uniform", "--anneal-from", "3", "--anneal-to", "5",
+         "--heads", "4", "--warmup", "9"]
     )  # fmt: skip
     cfg = mini_config(args)
     assert (cfg.min_snr_gamma, cfg.snr_floor, cfg.steps, cfg.prediction_type) == (1000.0, 0.5, 7, "epsilon")
     assert (cfg.zero_terminal_snr, cfg.t_sampling, cfg.anneal_from, cfg.anneal_to) == (False, "uniform", 3, 5)
+    assert (cfg.heads, cfg.warmup) == (4, 9)
     # without flags, the documented recipe
     defaults = mini_config(build_parser().parse_args(["world", "train"]))
     assert defaults == MiniConfig()

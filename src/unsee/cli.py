@@ -36,6 +36,8 @@ TRAIN_HELP = {
     "detail_to": "step where the detail stage's lr reaches 0",
     "detail_batch_size": "images per detail-stage step (0: --batch-size)",
     "text_pretrain_steps": "steps of the text encoder's pretext task (which concepts a caption names) before the UNet stage",
+    "warmup": "steps of linear lr warm-up",
+    "heads": "attention heads per UNet transformer block (fewer, wider heads run faster on CPU)",
 }
 
 
@@ -86,7 +88,8 @@ def _add_world(sub: argparse._SubParsersAction) -> None:
     tr.add_argument("--init-from", default=None, help="warm-start from an exported pipeline folder")
     tr.add_argument("--start-step", type=int, default=0, help="with --init-from: the step that pipeline reached")
     for name in ("seed", "steps", "vae_steps", "batch_size", "workers", "threads", "checkpoint_every", "export_every",
-                 "anneal_from", "anneal_to", "detail_from", "detail_to", "detail_batch_size", "text_pretrain_steps"):  # fmt: skip
+                 "anneal_from", "anneal_to", "detail_from", "detail_to", "detail_batch_size", "text_pretrain_steps",
+                 "warmup", "heads"):  # fmt: skip
         tr.add_argument(f"--{name.replace('_', '-')}", type=int, default=getattr(defaults, name), help=TRAIN_HELP.get(name))
     tr.add_argument("--lr", type=float, default=defaults.lr)
     tr.add_argument("--ema-decay", type=float, default=defaults.ema_decay)
