@@ -37,7 +37,7 @@ TRAIN_HELP = {
     "detail_batch_size": "images per detail-stage step (0: --batch-size)",
     "text_pretrain_steps": "steps of the text encoder's pretext task (which concepts a caption names) before the UNet stage",
     "warmup": "steps of linear lr warm-up",
-    "heads": "attention heads per UNet transformer block (fewer, wider heads run faster on CPU)",
+    "heads": "attention heads per UNet transformer block (diffusers' attention_head_dim)",
 }
 
 
