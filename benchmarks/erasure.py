@@ -18,6 +18,7 @@ import numpy as np
 import torch
 
 from _report import write_report
+from unsee.cli import parse_key_values
 from unsee.methods import erase, make_config
 from unsee.metrics.protocols import SPLITS, Sampling, class_rates, judge_objects, object_scores, style_scores
 from unsee.models import fingerprint, load_pipeline, sampling_defaults
@@ -60,8 +61,7 @@ def main() -> None:
     ap.add_argument("--style", default=None, help="also run the style protocol erasing this style (e.g. checkered)")
     args = ap.parse_args()
     torch.set_num_threads(2)
-    common = COMMON | {k: json.loads(v) if v[:1].isdigit() or v[:1] in "-[{" else v
-                       for k, v in (s.split("=", 1) for s in args.set)}  # fmt: skip
+    common = COMMON | parse_key_values(args.set)
     out = Path(args.out)
     pipe, oracle = load_pipeline("mini"), load_oracle()
     # Runs are kept per base model: retraining the mini model starts a fresh folder instead of

@@ -84,6 +84,11 @@ def main() -> None:
     ap.add_argument("--out", default=str(RESULTS / "impact"))
     ap.add_argument("--draws", type=int, default=8)
     ap.add_argument("--ship", action="store_true", help="write the predictor trained on every erasure into the package")
+    ap.add_argument(
+        "--ship-only",
+        action="store_true",
+        help="only the erasures and their spectra, then ship the predictor (no report; a full run reuses them)",
+    )
     args = ap.parse_args()
     torch.set_num_threads(2)
     out = Path(args.out)
@@ -111,6 +116,10 @@ def main() -> None:
     report: dict = {"model_fingerprint": fingerprint(pipe), "erase_settings": ERASE, "draws": args.draws, "vocabulary": words,
                     "erase_seconds": ms([Edit.load(runs / "edits" / c).info["seconds"] for c in erased])}  # fmt: skip
     feats = concept_features(pipe, vocab, draws, cache)
+    if args.ship_only:
+        train_shipped(feats, spectra, fingerprint(pipe)).save(SHIP)
+        print("shipped the impact predictor to", SHIP)
+        return
     W = lambda w: words.index(w)  # noqa: E731
 
     # a. family
@@ -197,6 +206,11 @@ BASELINES = {"text_pooled_cosine": "text_pooled_cos", "text_full_l2": "text_full
              "cross_attention_value_cosine": "value_cos"}  # fmt: skip
 
 
+def train_shipped(feats, spectra, fp):
+    """The predictor that ships: trained on every erasure, tied to the base model's fingerprint."""
+    return train_predictor(feats, spectra, PredictorConfig(), generator=torch.Generator().manual_seed(0), base_fingerprint=fp)
+
+
 def predictor_eval(feats, spectra, erased, words, fp, ship) -> dict:
     """Train on some erasures, rank the vocabulary for held-out ones; single similarities as baselines."""
     cfg = PredictorConfig()
@@ -220,7 +234,7 @@ def predictor_eval(feats, spectra, erased, words, fp, ship) -> dict:
         test = order[k::FOLDS]
         for name, v in evaluate([c for c in erased if c not in test], test).items():
             folds.setdefault(name, []).extend(v)
-    shipped = train_predictor(feats, spectra, cfg, generator=torch.Generator().manual_seed(0), base_fingerprint=fp)
+    shipped = train_shipped(feats, spectra, fp)
     if ship:
         shipped.save(SHIP)
     weights = dict(zip(cfg.features, shipped.net.weight.detach()[0].tolist()))
