@@ -12,8 +12,10 @@ torch.set_num_threads(min(2, torch.get_num_threads()))
 
 from unsee.world.mini import MiniConfig, build_components, make_pipeline  # noqa: E402
 
+# The tiny runs train the text encoder with the UNet (the recipe's frozen, pretext-trained encoder has
+# tests of its own), so that every trained part moves in the training tests.
 TINY = dict(unet_channels=(32, 32, 32), vae_channels=(32, 32), text_width=32, text_layers=1, text_heads=2, heads=4,
-            batch_size=4)  # fmt: skip
+            batch_size=4, freeze_text_encoder=False, text_pretrain_steps=0)  # fmt: skip
 
 
 def tiny_config(**kw) -> MiniConfig:

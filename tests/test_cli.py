@@ -86,6 +86,8 @@ def test_world_train_flags_reach_the_trainer_config():
     assert (cfg.min_snr_gamma, cfg.snr_floor, cfg.steps, cfg.prediction_type) == (1000.0, 0.5, 7, "epsilon")
     assert (cfg.zero_terminal_snr, cfg.t_sampling, cfg.anneal_from, cfg.anneal_to) == (False, "uniform", 3, 5)
     assert (cfg.heads, cfg.warmup) == (4, 9)
+    for flag, frozen in (("--freeze-text-encoder", True), ("--no-freeze-text-encoder", False)):
+        assert mini_config(build_parser().parse_args(["world", "train", flag])).freeze_text_encoder is frozen
     # without flags, the documented recipe
     defaults = mini_config(build_parser().parse_args(["world", "train"]))
     assert defaults == MiniConfig()

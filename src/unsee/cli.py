@@ -96,7 +96,8 @@ def _add_world(sub: argparse._SubParsersAction) -> None:
     tr.add_argument("--t-sampling", choices=("weighted", "uniform"), default=defaults.t_sampling)
     tr.add_argument("--keep-exports", action="store_true", help="also keep every export as OUT/exports/stepN")
     tr.add_argument("--freeze-token-embeddings", action="store_true", help="keep the token embeddings at initialisation")
-    tr.add_argument("--freeze-text-encoder", action="store_true", help="keep the whole text encoder at initialisation")
+    tr.add_argument("--freeze-text-encoder", action=argparse.BooleanOptionalAction, default=defaults.freeze_text_encoder,
+                    help="keep the text encoder as the pretext task (or its init) left it")  # fmt: skip
     tr.add_argument("--text-grad-min-snr", type=float, default=defaults.text_grad_min_snr,
                     help="samples with SNR below this pass no gradient into the text encoder (0: all do)")  # fmt: skip
     tr.add_argument("--text-lr-scale", type=float, default=defaults.text_lr_scale,

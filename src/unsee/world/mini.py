@@ -58,8 +58,9 @@ class MiniConfig:
     t_sampling: str = "weighted"
     # Keep the text encoder's token embeddings at their random (near-orthogonal) initialisation.
     freeze_token_embeddings: bool = False
-    # Keep the whole text encoder at its random initialisation, as SD keeps its (pretrained) CLIP
-    # frozen: a jointly trained encoder merges words whose pictures look alike at high noise
+    # Keep the whole text encoder fixed in the UNet stage (as the pretext task left it, or at its
+    # initialisation), as SD keeps its pretrained CLIP frozen: a jointly trained encoder merges words
+    # whose pictures look alike at high noise
     # (hexagon, circle and square become one direction), and the UNet then cannot tell them apart.
     freeze_text_encoder: bool = False
     # Samples with SNR(t) below this pass no gradient into the text encoder (0 = all do). At high
