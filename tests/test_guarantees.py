@@ -25,10 +25,13 @@ def test_erasure_removes_the_concept_and_keeps_an_unrelated_one(mini_pipe, metho
 
     circle0, star0 = rates()
     assert circle0 >= 0.75 and star0 >= 0.75, "the base model draws both"
+    # ESD at its own lr and iterations: at 10x its lr (40 iterations at 1e-3) it also erases the star
+    # (star 0.5 here; the erased circles are drawn spiky and the stars round). EAP holds the star at
+    # that harsh setting, which is its point, and the test keeps it there.
     cfg = (
         make_config(method, iterations=40, lr=1e-3, batch_size=2, template="a {}", n_centres=10)
         if method == "eap"
-        else make_config(method, iterations=40, lr=1e-3, batch_size=2, template="a {}")
+        else make_config(method, iterations=150, lr=1e-4, batch_size=2, template="a {}")
     )
     edit = erase(mini_pipe, ["circle"], cfg, torch.Generator().manual_seed(0))
     with edit.applied(mini_pipe):

@@ -42,14 +42,14 @@ def test_concept_names_and_oracle_labels():
 def test_empirical_impact_is_zero_for_the_identity_and_positive_for_an_edit(tiny_pipe, tmp_path):
     oracle = load_oracle()
     concepts = ["circle", "red", "''"]
-    same = empirical_impact(tiny_pipe, None, concepts, oracle=oracle, n=2)
+    same = empirical_impact(tiny_pipe, None, concepts, oracle=oracle, n=2, steps=4)
     assert same.distance == {c: 0.0 for c in concepts}
     assert set(same.accuracy_drop) == {"circle", "red"} and all(v == 0 for v in same.accuracy_drop.values())
     edit = erase(tiny_pipe, ["circle"], make_config("esd", **ESD_TINY))
-    moved = empirical_impact(tiny_pipe, edit, concepts, oracle=oracle, n=2, keep_images=True)
+    moved = empirical_impact(tiny_pipe, edit, concepts, oracle=oracle, n=2, steps=4, keep_images=True)
     assert moved.distance["circle"] > 0
     # the pipeline is restored after measuring: the base images come out the same again
-    again = empirical_impact(tiny_pipe, None, concepts, n=2, keep_images=True)
+    again = empirical_impact(tiny_pipe, None, concepts, n=2, steps=4, keep_images=True)
     assert torch.equal(again.images["circle"][0], moved.images["circle"][0])
     vocab = concept_vocabulary(tiny_pipe, ["circle", "red", "square", "blue"])
     spec = spectrum(tiny_pipe, edit, vocab, make_draws(tiny_pipe, 2, steps=2))

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from dataclasses import asdict
 from types import SimpleNamespace
 
 import pytest
@@ -16,6 +17,7 @@ from unsee.world.mini import (
     UNET_STREAM,
     MiniConfig,
     _batches,
+    _result_config,
     build_components,
     diffusion_loss,
     learning_rate,
@@ -61,11 +63,12 @@ def test_a_few_training_steps_lower_the_loss(tmp_path, kind):
     after["text_encoder"].load_state_dict(ck["text_encoder"])
     assert _fixed_loss(after) < 0.8 * _fixed_loss(before)
     assert (tmp_path / "pipeline" / "model_index.json").exists()
-    # the export says how to sample it and how far it was trained, so `unsee generate --model` uses 10 steps
+    # the export says how to sample it and how far it was trained, so `unsee generate --model` samples it as meant
     from unsee.models import sampling_defaults
+    from unsee.world.mini import SAMPLING
 
     d = sampling_defaults(str(tmp_path / "pipeline"))
-    assert (d.steps, d.guidance_scale) == (10, 6.0)
+    assert (d.steps, d.guidance_scale) == (SAMPLING["steps"], SAMPLING["guidance_scale"])
     assert json.loads((tmp_path / "pipeline" / "unsee.json").read_text())["training"]["steps"] == 25
     # the export tells diffusers what the UNet predicts, so plain diffusers samples it correctly
     sched = json.loads((tmp_path / "pipeline" / "scheduler" / "scheduler_config.json").read_text())
@@ -243,6 +246,10 @@ def test_resume_refuses_another_config(tmp_path):
 def test_shipped_model_records_how_it_was_trained():
     info = json.loads((BUNDLED["mini"] / "unsee.json").read_text())
     assert info["sampling"]["steps"] > 0 and info["training"]["steps"] > 0
+    # `unsee world train` with no flags reproduces what ships: the same settings, trained to the end.
+    made, default = info["training"]["config"], json.loads(json.dumps(asdict(MiniConfig())))
+    assert _result_config(made) == _result_config(default)
+    assert info["training"]["steps"] == default["steps"]
 
 
 def test_learning_rate_warms_up_holds_and_anneals_to_zero():

@@ -8,6 +8,7 @@ import pytest
 import torch
 
 from unsee.models import ModelError, fingerprint, load_pipeline, resolve, sampling_defaults
+from unsee.world.mini import SAMPLING
 
 
 def _one_line(e: pytest.ExceptionInfo) -> str:
@@ -70,5 +71,18 @@ def test_fingerprint_tracks_weights_not_dtype(tiny_pipe):
 
 def test_mini_sampling_defaults():
     d = sampling_defaults("mini")
-    assert d.steps == 10 and d.guidance_scale == 6.0
+    assert (d.steps, d.guidance_scale) == (SAMPLING["steps"], SAMPLING["guidance_scale"]), "the trainer exports what ships"
     assert sampling_defaults("some/hub-id").steps == 50
+
+
+def test_sampling_defaults_follow_a_loaded_pipeline(mini_pipe, tiny_pipe):
+    from unsee.metrics.oracle import prompt_images
+    from unsee.models import SamplingDefaults
+
+    assert sampling_defaults(mini_pipe) == sampling_defaults("mini")
+    assert sampling_defaults(tiny_pipe) == SamplingDefaults(), "built in code: SD's 50 steps at 7.5"
+    # metrics sample a model as it is meant to be sampled unless told otherwise
+    d = sampling_defaults(mini_pipe)
+    own = prompt_images(mini_pipe, ["a red circle"], n=1)[0]
+    assert torch.equal(own, prompt_images(mini_pipe, ["a red circle"], n=1, steps=d.steps, guidance_scale=d.guidance_scale)[0])
+    assert not torch.equal(own, prompt_images(mini_pipe, ["a red circle"], n=1, steps=d.steps // 2)[0])

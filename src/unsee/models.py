@@ -86,9 +86,16 @@ def load_pipeline(
     return pipe.to(device)
 
 
-def sampling_defaults(name_or_path: str | os.PathLike = "mini") -> SamplingDefaults:
-    """Steps and guidance a model is meant to sample with (``unsee.json`` in its folder, else SD's 50 / 7.5)."""
-    name = str(name_or_path)
+def sampling_defaults(model: str | os.PathLike | StableDiffusionPipeline = "mini") -> SamplingDefaults:
+    """Steps and guidance a model is meant to sample with (``unsee.json`` in its folder, else SD's 50 / 7.5).
+
+    ``model`` is a name, a folder, a hub id, or a loaded pipeline (its folder is the one it came from).
+    """
+    if isinstance(model, StableDiffusionPipeline):
+        model = model.name_or_path or ""
+        if not model:  # built in code: no folder says how to sample it
+            return SamplingDefaults()
+    name = str(model)
     path = BUNDLED.get(name, Path(name).expanduser())
     cfg = path / "unsee.json"
     if cfg.exists():

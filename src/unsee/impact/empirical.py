@@ -76,13 +76,15 @@ def empirical_impact(
     oracle: Oracle | None = None,
     n: int = 4,
     seed: int = 0,
-    steps: int = 10,
-    guidance_scale: float = 6.0,
+    steps: int | None = None,
+    guidance_scale: float | None = None,
     template: str = "a {}",
     keep_images: bool = False,
     force: bool = False,
 ) -> EmpiricalImpact:
-    """Sample ``n`` images per concept from the base and the edited model with the same seeds and compare."""
+    """Sample ``n`` images per concept from the base and the edited model with the same seeds and compare.
+
+    ``steps`` and ``guidance_scale`` default to the model's own sampling settings."""
     if not concepts:
         raise ValueError("no concepts to measure; pass at least one")
     prompts = [concept_prompt(c, template) for c in concepts]

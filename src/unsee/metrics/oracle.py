@@ -13,6 +13,7 @@ import torch
 from diffusers import StableDiffusionPipeline
 from tqdm.auto import tqdm
 
+from unsee.models import sampling_defaults
 from unsee.sampling import ddim, decode, denoise, encode_prompts, latent_shape
 from unsee.world.oracle import HEADS, Oracle
 
@@ -44,12 +45,18 @@ def prompt_images(
     *,
     n: int = 8,
     seed: int = 0,
-    steps: int = 10,
-    guidance_scale: float = 6.0,
+    steps: int | None = None,
+    guidance_scale: float | None = None,
     batch_size: int = 64,
     progress: bool = False,
 ) -> list[torch.Tensor]:
-    """``n`` images per prompt ``(n, 3, H, W)`` in [0, 1]; prompt i's z_T comes from seed ``seed + i``."""
+    """``n`` images per prompt ``(n, 3, H, W)`` in [0, 1]; prompt i's z_T comes from seed ``seed + i``.
+
+    ``steps`` and ``guidance_scale`` default to the model's own (``unsee.models.sampling_defaults``).
+    """
+    d = sampling_defaults(pipe)
+    steps = d.steps if steps is None else steps
+    guidance_scale = d.guidance_scale if guidance_scale is None else guidance_scale
     jobs = [(i, j) for i in range(len(prompts)) for j in range(n)]
     latents = {i: prompt_latents(pipe, n, seed + i) for i in range(len(prompts))}
     neg = encode_prompts(pipe, [""])
@@ -73,8 +80,8 @@ def judge_prompts(
     *,
     n: int = 8,
     seed: int = 0,
-    steps: int = 10,
-    guidance_scale: float = 6.0,
+    steps: int | None = None,
+    guidance_scale: float | None = None,
     k: int = 3,
     batch_size: int = 64,
     keep_images: bool = False,

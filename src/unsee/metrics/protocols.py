@@ -35,8 +35,9 @@ class Sampling:
     n: int = 4
     """Images per prompt; each class has 8 prompts ("a {colour} {object}")."""
     seed: int = 0
-    steps: int = 10
-    guidance_scale: float = 6.0
+    steps: int | None = None
+    """DDIM steps; None = the model's own (``unsee.models.sampling_defaults``)."""
+    guidance_scale: float | None = None
 
 
 def class_prompts(obj: str) -> list[str]:
