@@ -14,6 +14,7 @@ from conftest import tiny_config
 from unsee.models import BUNDLED, folder_size
 from unsee.world.data import make_batch, scene_rng
 from unsee.world.mini import (
+    SAMPLING,
     UNET_STREAM,
     MiniConfig,
     _batches,
@@ -65,7 +66,6 @@ def test_a_few_training_steps_lower_the_loss(tmp_path, kind):
     assert (tmp_path / "pipeline" / "model_index.json").exists()
     # the export says how to sample it and how far it was trained, so `unsee generate --model` samples it as meant
     from unsee.models import sampling_defaults
-    from unsee.world.mini import SAMPLING
 
     d = sampling_defaults(str(tmp_path / "pipeline"))
     assert (d.steps, d.guidance_scale) == (SAMPLING["steps"], SAMPLING["guidance_scale"])

@@ -7,7 +7,7 @@ import json
 import pytest
 import torch
 
-from unsee.models import ModelError, fingerprint, load_pipeline, resolve, sampling_defaults
+from unsee.models import ModelError, SamplingDefaults, fingerprint, load_pipeline, resolve, sampling_defaults
 from unsee.world.mini import SAMPLING
 
 
@@ -77,7 +77,6 @@ def test_mini_sampling_defaults():
 
 def test_sampling_defaults_follow_a_loaded_pipeline(mini_pipe, tiny_pipe):
     from unsee.metrics.oracle import prompt_images
-    from unsee.models import SamplingDefaults
 
     assert sampling_defaults(mini_pipe) == sampling_defaults("mini")
     assert sampling_defaults(tiny_pipe) == SamplingDefaults(), "built in code: SD's 50 steps at 7.5"
