@@ -89,6 +89,7 @@ def main() -> None:
                 t0 = time.perf_counter()
                 edit = erase(pipe, list(SPLITS[i]), cfg, torch.Generator().manual_seed(i))
                 seconds = time.perf_counter() - t0
+                edit.save(parts / "edits" / f"{label}_split{i}")  # benchmarks/attacks.py attacks these same edits
                 with edit.applied(pipe):
                     rates = class_rates(judge_objects(pipe, oracle, OBJECTS, s))
                 res = object_scores(rates, SPLITS[i]) | {"seconds": seconds, "per_class": rates,
