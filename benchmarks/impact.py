@@ -32,7 +32,7 @@ from scipy.stats import spearmanr
 
 from _report import write_report
 from unsee.edits import Edit
-from unsee.impact.empirical import empirical_impact, extremes_grid, oracle_label
+from unsee.impact.empirical import empirical_impact, extremes_grid
 from unsee.impact.predictor import (
     FEATURES,
     PredictorConfig,
@@ -51,11 +51,12 @@ from unsee.impact.spectrum import (
     spectrum_plain_loop,
 )
 from unsee.methods import erase, make_config
-from unsee.metrics.oracle import judge_prompts
-from unsee.metrics.protocols import Sampling, class_prompts, class_rates, judge_objects
+from unsee.metrics.judged import judge_prompts
 from unsee.models import fingerprint, load_pipeline
 from unsee.world import BACKGROUNDS, COLOUR_NAMES, FAMILIES, FAMILY_OF, NEUTRAL_PROMPTS, OBJECTS
-from unsee.world.oracle import load_oracle
+from unsee.world.captions import JUDGE_LABELS
+from unsee.world.oracle import load_oracle, oracle_label
+from unsee.world.protocols import Sampling, class_prompts, class_rates, judge_objects
 
 RESULTS = Path(__file__).parent / "results"
 SHIP = Path(__file__).resolve().parent.parent / "src" / "unsee" / "assets" / "impact_predictor"
@@ -172,7 +173,7 @@ def main() -> None:
         f = runs / f"empirical_{c}.json"
         if not f.exists():
             concepts = [w for w in words if oracle_label(w) or w in neutral]
-            e = empirical_impact(pipe, Edit.load(runs / "edits" / c), concepts, oracle=oracle, n=4)
+            e = empirical_impact(pipe, Edit.load(runs / "edits" / c), concepts, judge=oracle, labels=JUDGE_LABELS, n=4)
             f.write_text(json.dumps({**e.to_dict(), **e.agreement(spectra[c], exclude=[c])}))
         emp[c] = json.loads(f.read_text())
     report["e_empirical"] = {"per_erasure": emp,
@@ -285,7 +286,8 @@ def plots(r: dict, spectra, out: Path, pipe, oracle, runs) -> None:
     # grid of the most and least affected concepts of erasing circle, base vs edited
     order = [w for w, _ in spectra["circle"].order()]
     pick = order[:3] + order[-3:]
-    e = empirical_impact(pipe, Edit.load(runs / "edits" / "circle"), pick, oracle=oracle, n=6, keep_images=True)
+    e = empirical_impact(pipe, Edit.load(runs / "edits" / "circle"), pick, judge=oracle, labels=JUDGE_LABELS, n=6,
+                         keep_images=True)  # fmt: skip
     extremes_grid(spectra["circle"], e, out.with_name(f"{out.name}_extremes_circle.png"))
 
     fig, ax = plt.subplots(2, 2, figsize=(12, 8))

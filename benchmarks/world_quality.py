@@ -19,7 +19,7 @@ from diffusers import DDIMScheduler
 
 from _report import write_report
 from unsee.cli import parse_key_values
-from unsee.metrics.oracle import judge_prompts
+from unsee.metrics.judged import judge_prompts
 from unsee.models import SamplingDefaults, fingerprint, load_pipeline, resolve, sampling_defaults
 from unsee.sampling import encode_text
 from unsee.world import BACKGROUNDS, FAMILIES, OBJECTS
@@ -93,7 +93,7 @@ def main() -> None:
         report["object_top1_mean"] = _mean(list(report["object_top1"].values()))
         report["object_top1_min"] = min(report["object_top1"].values())
         report["colour_top1_mean"] = _mean(list(report["colour_top1"].values()))
-        report["frame_rate"] = _mean([r.rate("frame", "yes") for r in res])
+        report["frame_rate"] = _mean([r.rate("frame", "frame") for r in res])
 
     if "backgrounds" in on:
         bg = background_set()

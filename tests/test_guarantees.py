@@ -9,9 +9,9 @@ import torch
 from unsee.concepts.vocab import _kmeans_1d, adversary_candidates, build_vocabulary
 from unsee.methods import erase, make_config
 from unsee.methods.eap import gumbel_softmax
-from unsee.metrics.oracle import judge_prompts
-from unsee.metrics.protocols import object_scores
+from unsee.metrics.judged import judge_prompts
 from unsee.world.oracle import load_oracle
+from unsee.world.protocols import object_scores
 
 
 @pytest.mark.parametrize("method", ["esd", "eap"])

@@ -10,7 +10,7 @@ from scipy.stats import spearmanr
 
 from unsee.cli import main
 from unsee.concepts.vocab import model_words
-from unsee.impact.empirical import empirical_impact, extremes_grid, oracle_label
+from unsee.impact.empirical import empirical_impact, extremes_grid
 from unsee.impact.predictor import (
     FEATURES,
     ImpactPredictor,
@@ -25,7 +25,8 @@ from unsee.impact.predictor import (
 from unsee.impact.spectrum import Spectrum, concept_prompt, concept_vocabulary, make_draws, spectrum
 from unsee.methods import erase, make_config
 from unsee.models import fingerprint
-from unsee.world.oracle import load_oracle
+from unsee.world.captions import JUDGE_LABELS
+from unsee.world.oracle import load_oracle, oracle_label
 
 ESD_TINY = dict(iterations=2, batch_size=1, ddim_steps=2, lr=1e-2)
 
@@ -42,11 +43,11 @@ def test_concept_names_and_oracle_labels():
 def test_empirical_impact_is_zero_for_the_identity_and_positive_for_an_edit(tiny_pipe, tmp_path):
     oracle = load_oracle()
     concepts = ["circle", "red", "''"]
-    same = empirical_impact(tiny_pipe, None, concepts, oracle=oracle, n=2, steps=4)
+    same = empirical_impact(tiny_pipe, None, concepts, judge=oracle, labels=JUDGE_LABELS, n=2, steps=4)
     assert same.distance == {c: 0.0 for c in concepts}
     assert set(same.accuracy_drop) == {"circle", "red"} and all(v == 0 for v in same.accuracy_drop.values())
     edit = erase(tiny_pipe, ["circle"], make_config("esd", **ESD_TINY))
-    moved = empirical_impact(tiny_pipe, edit, concepts, oracle=oracle, n=2, steps=4, keep_images=True)
+    moved = empirical_impact(tiny_pipe, edit, concepts, judge=oracle, labels=JUDGE_LABELS, n=2, steps=4, keep_images=True)
     assert moved.distance["circle"] > 0
     # the pipeline is restored after measuring: the base images come out the same again
     again = empirical_impact(tiny_pipe, None, concepts, n=2, steps=4, keep_images=True)

@@ -76,7 +76,7 @@ def test_mini_sampling_defaults():
 
 
 def test_sampling_defaults_follow_a_loaded_pipeline(mini_pipe, tiny_pipe):
-    from unsee.metrics.oracle import prompt_images
+    from unsee.metrics.judged import prompt_images
 
     assert sampling_defaults(mini_pipe) == sampling_defaults("mini")
     assert sampling_defaults(tiny_pipe) == SamplingDefaults(), "built in code: SD's 50 steps at 7.5"

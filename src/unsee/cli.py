@@ -75,6 +75,13 @@ def _world_train_oracle(args: argparse.Namespace) -> None:
     print("held-out top-1: " + ", ".join(f"{h} {v:.1%}" for h, v in acc.items()))
 
 
+def _world_train_judge(args: argparse.Namespace) -> None:
+    from unsee.world.judge2 import Judge2Config, train_judge2
+
+    acc = train_judge2(Judge2Config(seed=args.seed), out=args.out)
+    print("held-out top-1: " + ", ".join(f"{h} {v:.1%}" for h, v in acc.items()))
+
+
 def _add_world(sub: argparse._SubParsersAction) -> None:
     from unsee.world.mini import MiniConfig
 
@@ -127,6 +134,13 @@ def _add_world(sub: argparse._SubParsersAction) -> None:
     orc.add_argument("--out", default=str(DEFAULT_PATH))
     orc.add_argument("--seed", type=int, default=0)
     orc.set_defaults(func=_world_train_oracle)
+    from unsee.world.judge2 import DEFAULT_PATH as JUDGE2_PATH
+    from unsee.world.judge2 import Judge2Config
+
+    jud = wsub.add_parser("train-judge", help="train the second judge, independent of the oracle (evaluate's agreement check)")
+    jud.add_argument("--out", default=str(JUDGE2_PATH))
+    jud.add_argument("--seed", type=int, default=Judge2Config.seed)
+    jud.set_defaults(func=_world_train_judge)
 
 
 def _generate(args: argparse.Namespace) -> None:
@@ -268,13 +282,16 @@ def _evaluate(args: argparse.Namespace) -> None:
     import json
 
     from unsee.edits import Edit
-    from unsee.metrics.protocols import Sampling, class_rates, judge_objects, object_scores, style_scores
+    from unsee.metrics.judged import AGREEMENT_FLOOR, FLAG, mark
     from unsee.models import load_pipeline, sampling_defaults
     from unsee.world import BACKGROUNDS, OBJECTS
+    from unsee.world.judge2 import load_judge2
     from unsee.world.oracle import load_oracle
+    from unsee.world.protocols import Sampling, class_rates, flagged_classes, judge_objects, object_scores, style_report
 
     pipe = load_pipeline(args.model)
     oracle = load_oracle()
+    check = None if args.no_check else load_judge2()
     d = sampling_defaults(args.model)
     s = Sampling(n=args.n, seed=args.seed, steps=d.steps, guidance_scale=d.guidance_scale)
     concepts: list[str] = list(args.concept or [])
@@ -287,25 +304,38 @@ def _evaluate(args: argparse.Namespace) -> None:
         erased = [c for c in concepts if c in OBJECTS]
         if not erased:
             raise ValueError(f"the objects protocol needs erased objects; pass --concept from: {', '.join(OBJECTS)}")
-        rates = class_rates(judge_objects(pipe, oracle, OBJECTS, s, progress=True))
+        rates = class_rates(judge_objects(pipe, oracle, OBJECTS, s, progress=True, check=check))
         report |= {"erased": erased, "scores": object_scores(rates, erased), "per_class": rates}
-        rows = [f"| {k} | {100 * v:.1f}% |" for k, v in report["scores"].items()]
+        if check is not None:
+            report["flagged"] = flagged_classes(rates)
     else:
         style = next((c for c in concepts if c in BACKGROUNDS), None)
         if style is None:
             raise ValueError(f"the style protocol needs an erased style; pass --concept from: {', '.join(BACKGROUNDS)}")
-        report |= {"style": style, "scores": style_scores(pipe, oracle, style, s)}
-        rows = [f"| {k} | {100 * v:.1f}% |" for k, v in report["scores"].items()]
+        report |= {"style": style, **style_report(pipe, oracle, style, s, check=check)}
+    flags = report.get("flagged", [])
+    rows = [f"| {k} | {100 * v:.1f}% |" for k, v in report["scores"].items()]
+    cols = list(dict.fromkeys(k for r in report["per_class"].values() for k in r))
+    per_class = [f"| {mark(c, flags)} | " + " | ".join(f"{100 * r[k]:.1f}%" if k in r else "" for k in cols) + " |"
+                 for c, r in report["per_class"].items()]  # fmt: skip
+    md_lines = [f"# {args.protocol}: {args.edit or args.model}", "", "The oracle's reads.", "",
+                "| measure | value |", "|---|---|", *rows, "", "| class | " + " | ".join(cols) + " |",
+                "|---" * (len(cols) + 1) + "|", *per_class, ""]  # fmt: skip
+    if check is not None:
+        md_lines.append(f"agreement: how often the second judge's top-1 is the oracle's on the class's generated images; "
+                        f"{FLAG} = below {AGREEMENT_FLOOR:.0%}, where neither judge's read is to be trusted"
+                        + (f" (flagged: {', '.join(flags)}; the scores above include them)." if flags else "."))  # fmt: skip
+        md_lines.append("")
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.with_suffix(".json").write_text(json.dumps(report, indent=2))
-    md = "\n".join([f"# {args.protocol}: {args.edit or args.model}", "", "| measure | value |", "|---|---|", *rows, ""])
+    md = "\n".join(md_lines)
     out.with_suffix(".md").write_text(md)
     print(md)
 
 
 def _add_evaluate(sub: argparse._SubParsersAction) -> None:
-    ev = sub.add_parser("evaluate", help="oracle-judged erasure metrics on the mini world (JSON + Markdown)")
+    ev = sub.add_parser("evaluate", help="oracle-judged erasure metrics on the mini world, with a 2nd judge (JSON + Markdown)")
     ev.add_argument("--model", default="mini")
     ev.add_argument("--edit", default=None)
     ev.add_argument("--protocol", choices=["objects", "style"], default="objects")
@@ -314,20 +344,22 @@ def _add_evaluate(sub: argparse._SubParsersAction) -> None:
     ev.add_argument("--seed", type=int, default=0)
     ev.add_argument("--out", default="out/evaluation.json")
     ev.add_argument("--force", action="store_true")
+    ev.add_argument("--no-check", action="store_true",
+                    help="skip the second judge (no per-class agreement with the oracle, nothing flagged)")  # fmt: skip
     ev.set_defaults(func=_evaluate)
 
 
 def _spectrum(args: argparse.Namespace) -> None:
     import json
 
+    from unsee.concepts.prompts import DEFAULT_NEUTRAL
     from unsee.edits import Edit
     from unsee.impact.spectrum import concept_vocabulary, make_draws, plot_spectrum, spectrum
     from unsee.models import load_pipeline
-    from unsee.world.captions import NEUTRAL_PROMPTS
 
     pipe = load_pipeline(args.model)
     edit = Edit.load(args.edit) if args.edit else None
-    neutral = () if args.no_neutral else NEUTRAL_PROMPTS
+    neutral = () if args.no_neutral else DEFAULT_NEUTRAL
     vocab = concept_vocabulary(pipe, args.words or None, template=args.template, neutral=neutral, cache_dir=args.cache)
     draws = make_draws(pipe, args.draws, seed=args.seed)
     spec = spectrum(pipe, edit, vocab, draws, cache_dir=args.cache, force=args.force)
@@ -342,15 +374,16 @@ def _spectrum(args: argparse.Namespace) -> None:
     if args.extremes > 0 and edit is not None:
         from unsee.impact.empirical import empirical_impact, extremes_grid
 
-        oracle = None
+        judge, labels = None, None
         if args.model == "mini":
+            from unsee.world.captions import JUDGE_LABELS
             from unsee.world.oracle import load_oracle
 
-            oracle = load_oracle()
+            judge, labels = load_oracle(), JUDGE_LABELS
         k = min(args.extremes, len(order) // 2)
         pick = [w for w, _ in order[:k]] + [w for w, _ in order[-k:]]
-        emp = empirical_impact(pipe, edit, pick, oracle=oracle, n=args.n, seed=args.seed, template=args.template,
-                               keep_images=True, force=args.force)  # fmt: skip
+        emp = empirical_impact(pipe, edit, pick, judge=judge, labels=labels, n=args.n, seed=args.seed,
+                               template=args.template, keep_images=True, force=args.force)  # fmt: skip
         (out / "empirical.json").write_text(json.dumps(emp.to_dict(), indent=2))
         extremes_grid(spec, emp, out / "extremes.png")
         print(f"wrote {out / 'extremes.png'} (the {k} most and least affected concepts, base vs edited, same seeds)")

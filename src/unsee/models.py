@@ -38,7 +38,7 @@ def resolve(name_or_path: str | os.PathLike) -> str | Path:
     if name in BUNDLED:
         path = BUNDLED[name]
         if not (path / "model_index.json").exists():
-            raise ModelError(f"bundled model {name!r} is missing at {path}; reinstall unsee or run `unsee world train`")
+            raise ModelError(f"bundled model {name!r} is missing at {path}; reinstall unsee or retrain the mini model")
         return path
     if _is_pathlike(name):
         path = Path(name).expanduser()

@@ -1,45 +1,29 @@
 """Empirical impact of an edit: the same seeds through the base and the edited model, compared.
 
 For each concept, ``n`` images from both models with identical z_T; the image distance between the
-pairs, and (on the mini world) the oracle's accuracy on the concept before and after. Agreement with
+pairs, and, given a :class:`unsee.judges.Judge` that knows the concept, its top-1 rate before and after. Agreement with
 a spectrum is the Spearman correlation between its impact (−score) and these measurements.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
-import numpy as np
 import torch
 from diffusers import StableDiffusionPipeline
 from scipy.stats import spearmanr
 
 from unsee.edits import Edit
 from unsee.impact.spectrum import Spectrum, concept_prompt
-from unsee.metrics.oracle import prompt_images
-from unsee.world.captions import OBJECT_SYNONYMS, STYLE_WORDS
-from unsee.world.oracle import Oracle
-from unsee.world.render import COLOUR_NAMES
-
-
-def oracle_label(word: str) -> tuple[str, str] | None:
-    """The oracle head and class a mini-world concept word names (synonyms included), or None."""
-    for obj, names in OBJECT_SYNONYMS.items():
-        if word in names:
-            return "object", obj
-    if word in COLOUR_NAMES:
-        return "colour", word
-    for style, names in STYLE_WORDS.items():
-        if word in names:
-            return "background", style
-    return None
+from unsee.judges import Judge, detects, knows
+from unsee.metrics.judged import prompt_images
 
 
 @dataclass(frozen=True)
 class EmpiricalImpact:
     """Per concept: mean image distance (RMS over pixels in [0, 1]) between same-seed base and edited
-    images, and, where the oracle knows the concept, its top-1 rate before and after."""
+    images, and, where the judge knows the concept, its top-1 rate before and after."""
 
     concepts: tuple[str, ...]
     distance: dict[str, float]
@@ -73,7 +57,8 @@ def empirical_impact(
     edit: Edit | None,
     concepts: Sequence[str],
     *,
-    oracle: Oracle | None = None,
+    judge: Judge | None = None,
+    labels: Mapping[str, str] | None = None,
     n: int = 4,
     seed: int = 0,
     steps: int | None = None,
@@ -84,7 +69,9 @@ def empirical_impact(
 ) -> EmpiricalImpact:
     """Sample ``n`` images per concept from the base and the edited model with the same seeds and compare.
 
-    ``steps`` and ``guidance_scale`` default to the model's own sampling settings."""
+    ``judge`` reads both: a concept counts under ``labels[concept]`` (the judge's name for it, e.g. a
+    synonym's class; the mini world's map is ``unsee.world.captions.JUDGE_LABELS``), else under its own
+    name when the judge knows it. ``steps`` and ``guidance_scale`` default to the model's own sampling settings."""
     if not concepts:
         raise ValueError("no concepts to measure; pass at least one")
     prompts = [concept_prompt(c, template) for c in concepts]
@@ -98,11 +85,10 @@ def empirical_impact(
     dist, acc0, acc1 = {}, {}, {}
     for c, b, a in zip(concepts, before, after):
         dist[c] = float(((a - b) ** 2).flatten(1).mean(-1).sqrt().mean())
-        label = oracle_label(c) if oracle is not None else None
-        if label is not None:
-            head, cls = label
-            acc0[c] = float(np.mean([r[0] == cls for r in oracle.topk(b, 1)[head]]))
-            acc1[c] = float(np.mean([r[0] == cls for r in oracle.topk(a, 1)[head]]))
+        label = (labels or {}).get(c, c) if judge is not None else None
+        if label is not None and knows(judge, label):
+            acc0[c] = float(detects(judge, b, label).float().mean())
+            acc1[c] = float(detects(judge, a, label).float().mean())
     imgs = {c: (b, a) for c, b, a in zip(concepts, before, after)} if keep_images else {}
     return EmpiricalImpact(tuple(concepts), dist, acc0, acc1, imgs)
 

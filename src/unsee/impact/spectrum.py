@@ -19,11 +19,11 @@ from pathlib import Path
 import torch
 from diffusers import StableDiffusionPipeline
 
+from unsee.concepts.prompts import DEFAULT_NEUTRAL, with_article
 from unsee.concepts.vocab import Vocabulary, build_vocabulary, model_words
 from unsee.edits import Edit
 from unsee.models import fingerprint
 from unsee.sampling import encode_prompts, initial_latents, sample_until
-from unsee.world.captions import NEUTRAL_PROMPTS, with_article
 
 
 def concept_prompt(name: str, template: str = "a {}") -> str:
@@ -35,7 +35,7 @@ def concept_prompt(name: str, template: str = "a {}") -> str:
 
 
 def concept_vocabulary(pipe: StableDiffusionPipeline, words: Sequence[str] | None = None, *, template: str = "a {}",
-                       neutral: Sequence[str] = NEUTRAL_PROMPTS, cache_dir: str | Path | None = None) -> Vocabulary:  # fmt: skip
+                       neutral: Sequence[str] = DEFAULT_NEUTRAL, cache_dir: str | Path | None = None) -> Vocabulary:  # fmt: skip
     """Concepts to score: ``words`` (default: the tokenizer's whole words but articles) through ``template``,
     plus the ``neutral`` prompts named quoted (``"''"``, ``"'a photo'"``) so plots can mark them."""
     words = list(words) if words is not None else [w for w in model_words(pipe) if w not in ("a", "an")]
@@ -202,7 +202,7 @@ def spectrum_plain_loop(pipe: StableDiffusionPipeline, edit: Edit, words: Sequen
 
 
 def plot_spectrum(spec: Spectrum, out: str | Path, *, label_extremes: int = 6,
-                  neutral: Sequence[str] = NEUTRAL_PROMPTS) -> Path:  # fmt: skip
+                  neutral: Sequence[str] = DEFAULT_NEUTRAL) -> Path:  # fmt: skip
     """Sorted scores, extremes labelled, neutral prompts marked."""
     import matplotlib
 

@@ -8,11 +8,13 @@ from __future__ import annotations
 
 import numpy as np
 
+from unsee.concepts.prompts import DEFAULT_NEUTRAL, with_article
+from unsee.concepts.prompts import article as article  # re-exported: the world's captions use both
 from unsee.world.render import BACKGROUNDS, COLOUR_NAMES, FAMILIES, FAMILY_OF, OBJECTS, Scene
 
 NEUTRAL_OPENERS: tuple[str, ...] = ("a picture of", "an image of", "a photo of")
-# Prompts that carry no concept of the world: where the talk's neutral c_n comes from.
-NEUTRAL_PROMPTS: tuple[str, ...] = ("", "a picture", "an image", "a photo")
+# Prompts that carry no concept of the world: where the talk's neutral c_n comes from (the core's defaults).
+NEUTRAL_PROMPTS: tuple[str, ...] = DEFAULT_NEUTRAL
 
 OBJECT_SYNONYMS: dict[str, tuple[str, ...]] = {o: (o,) for o in OBJECTS} | {
     "circle": ("circle", "disk"),
@@ -26,16 +28,15 @@ STYLE_WORDS: dict[str, tuple[str, ...]] = {
     "checkered": ("checkered", "checkerboard", "chequered"),
 }
 assert set(STYLE_WORDS) == set(BACKGROUNDS)
+# Every concept word of the captions -> the name the world's judges give it (synonyms to their class):
+# the ``labels`` of ``unsee.impact.empirical.empirical_impact`` on the mini model.
+JUDGE_LABELS: dict[str, str] = (
+    {w: o for o, ws in OBJECT_SYNONYMS.items() for w in ws}
+    | {c: c for c in COLOUR_NAMES}
+    | {w: b for b, ws in STYLE_WORDS.items() for w in ws}
+)
 
 EMPTY_PROB = 0.10
-
-
-def article(word: str) -> str:
-    return "an" if word[0] in "aeiou" else "a"
-
-
-def with_article(phrase: str) -> str:
-    return f"{article(phrase)} {phrase}"
 
 
 def _style_phrase(scene: Scene, rng: np.random.Generator) -> str:

@@ -19,6 +19,7 @@ import torch.nn.functional as F
 from safetensors.torch import load_file, save_file
 from tqdm.auto import tqdm
 
+from unsee.world.captions import JUDGE_LABELS
 from unsee.world.data import labels, make_batch, scene_rng
 from unsee.world.render import BACKGROUNDS, COLOUR_NAMES, OBJECTS
 
@@ -28,6 +29,17 @@ HEADS: dict[str, tuple[str, ...]] = {
     "background": BACKGROUNDS,
     "frame": ("no", "yes"),
 }
+# The oracle's heads as a Judge's groups (unsee.judges): concept names unique across groups, so the
+# frame detector's labels read "no frame" / "frame". HEADS stays as the shipped asset's config names it.
+GROUPS: dict[str, tuple[str, ...]] = {**HEADS, "frame": ("no frame", "frame")}
+
+
+def oracle_label(word: str) -> tuple[str, str] | None:
+    """The oracle group and class a mini-world concept word names (synonyms included), or None."""
+    label = JUDGE_LABELS.get(word)
+    return None if label is None else (next(g for g, names in GROUPS.items() if label in names), label)
+
+
 DEFAULT_PATH = Path(__file__).resolve().parent.parent / "assets" / "oracle"
 TRAIN_STREAM, HELDOUT_STREAM = 11, 12
 
@@ -50,7 +62,8 @@ def _block(cin: int, cout: int) -> nn.Sequential:
 
 
 class Oracle(nn.Module):
-    """Classifies ``(B, 3, H, W)`` images in [0, 1]; returns logits per head."""
+    """Classifies ``(B, 3, H, W)`` images in [0, 1]; returns logits per head. A :class:`unsee.judges.Judge`
+    with :data:`GROUPS`."""
 
     def __init__(self, width: int = 32):
         super().__init__()
@@ -67,19 +80,21 @@ class Oracle(nn.Module):
         f = self.features(images * 2 - 1)
         return {h: head(f) for h, head in self.heads.items()}
 
-    @torch.no_grad()
+    @property
+    def groups(self) -> dict[str, tuple[str, ...]]:
+        return GROUPS
+
     def probs(self, images: torch.Tensor) -> dict[str, torch.Tensor]:
+        """Probabilities per head (differentiable; wrap in ``torch.no_grad()`` to only read)."""
         self.eval()
         return {h: v.softmax(-1) for h, v in self(images.to(next(self.parameters()).device)).items()}
 
     @torch.no_grad()
     def topk(self, images: torch.Tensor, k: int = 1) -> dict[str, list[list[str]]]:
-        """Top-k class names per head for each image."""
-        out = {}
-        for h, p in self.probs(images).items():
-            idx = p.topk(min(k, p.shape[-1]), dim=-1).indices.tolist()
-            out[h] = [[HEADS[h][i] for i in row] for row in idx]
-        return out
+        """Top-k concept names per group for each image (``unsee.judges.topk``)."""
+        from unsee.judges import topk
+
+        return topk(self, images, k)
 
 
 def _augment(x: torch.Tensor, g: torch.Generator) -> torch.Tensor:
@@ -101,6 +116,7 @@ def _dataset(seed: int, stream: int, n: int, chunk: int = 500) -> tuple[torch.Te
     return torch.cat(ims), {h: torch.cat([lab[h] for lab in labs]) for h in HEADS}
 
 
+@torch.no_grad()
 def evaluate_oracle(oracle: Oracle, n: int = 4000, seed: int = 1, two_objects: bool = False) -> dict[str, float]:
     """Top-1 accuracy per head on fresh renders (single-object scenes unless ``two_objects``)."""
     rng = scene_rng(seed, HELDOUT_STREAM, int(two_objects))

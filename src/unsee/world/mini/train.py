@@ -1,10 +1,6 @@
-"""The mini model: a Stable-Diffusion-shaped diffusers pipeline trained from scratch on the world.
-
-Standard classes only (UNet2DConditionModel, CLIPTextModel, CLIPTokenizer, AutoencoderKL,
-DDIMScheduler), so everything that works on it works on real SD 1.x pipelines too.
-Training is two stages: the VAE, then the UNet and text encoder together (epsilon or v
-prediction, cosine schedule, min-SNR weighting, EMA). Each batch is fixed by the seed and
-the step, so a resumed run sees exactly the data an uninterrupted one would.
+"""Training the mini model: the VAE, the text encoder's pretext task, then the UNet (and optionally the text
+encoder), with checkpoints that resume to the same weights. Each batch is fixed by the seed and the step,
+so a resumed run sees exactly the data an uninterrupted one would.
 """
 
 from __future__ import annotations
@@ -14,97 +10,23 @@ import json
 import os
 import shutil
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
-from diffusers import AutoencoderKL, DDIMScheduler, StableDiffusionPipeline, UNet2DConditionModel
+from diffusers import AutoencoderKL, StableDiffusionPipeline
 from tqdm.auto import tqdm
-from transformers import CLIPTextConfig, CLIPTextModel
 
 from unsee.machine import describe
-from unsee.sampling import encode_text
-from unsee.world.captions import caption_words
 from unsee.world.data import make_batch, scene_rng
-from unsee.world.render import IMAGE_SIZE
+from unsee.world.mini.components import build_components
+from unsee.world.mini.config import _BEFORE_IT_EXISTED, MiniConfig, _result_config
+from unsee.world.mini.export import export_pipeline
+from unsee.world.mini.losses import diffusion_loss, min_snr_weights
 from unsee.world.text_pretrain import pretrain_text_encoder
-from unsee.world.tokenizer import MAX_LENGTH, build_tokenizer
 
 VAE_STREAM, UNET_STREAM = 1, 2
-
-
-@dataclass
-class MiniConfig:
-    """Architecture and training settings of the mini model (saved beside every checkpoint)."""
-
-    seed: int = 0
-    vae_steps: int = 500
-    vae_lr: float = 1e-3
-    vae_kl_weight: float = 1e-6
-    steps: int = 4000
-    batch_size: int = 32
-    lr: float = 8e-4
-    warmup: int = 400
-    # lr falls linearly to 0 from anneal_from to anneal_to (absolute steps, so that stopping
-    # early and resuming gives the same weights as one run).
-    anneal_from: int = 2000
-    anneal_to: int = 4000
-    weight_decay: float = 1e-2
-    ema_decay: float = 0.998
-    min_snr_gamma: float = 5.0
-    # "weighted": draw t with probability proportional to its min-SNR weight (same objective in
-    # expectation, no compute spent on near-zero-weight low-noise steps); "uniform": as in SD.
-    t_sampling: str = "weighted"
-    # Keep the text encoder's token embeddings at their random (near-orthogonal) initialisation.
-    freeze_token_embeddings: bool = False
-    # Keep the whole text encoder fixed in the UNet stage (as the pretext task left it, or at its
-    # initialisation), as SD keeps its pretrained CLIP frozen: a jointly trained encoder merges words
-    # whose pictures look alike at high noise
-    # (hexagon, circle and square become one direction), and the UNet then cannot tell them apart.
-    freeze_text_encoder: bool = True
-    # Samples with SNR(t) below this pass no gradient into the text encoder (0 = all do). At high
-    # noise, alike shapes look alike, and those samples teach the encoder to give their words one
-    # direction; the UNet still learns from every sample. Measured at 1: the words stay apart early,
-    # but colours and backgrounds, learned from those samples, come much later (README).
-    text_grad_min_snr: float = 0.0
-    # The text encoder's lr as a fraction of the UNet's (warmup, anneal and detail restart alike). A
-    # middle ground between a jointly trained encoder (merges alike words) and a frozen one (the UNet
-    # learns backgrounds from random features, slowly).
-    text_lr_scale: float = 1.0
-    # Steps of the text encoder's pretext task before the UNet stage (0 = none; world/text_pretrain.py):
-    # the encoder learns which concepts a caption names, as CLIP arrives pretrained in SD.
-    text_pretrain_steps: int = 300
-    text_pretrain_lr: float = 1e-3
-    # "epsilon" as SD 1.x, or "v_prediction" as SD 2.x. zero_terminal_snr (v only) rescales the
-    # betas so that t = T is pure noise and DDIM starts there ("trailing"), as Lin et al. 2024 do:
-    # sampling then starts where training did, and the prompt, not the noise, sets the coarse image.
-    prediction_type: str = "epsilon"
-    zero_terminal_snr: bool = False
-    # v only: the SNR is floored here in the min-SNR weights, so that steps near t = T still train.
-    snr_floor: float = 1.0
-    # The detail stage (off when detail_to = 0): at step detail_from training restarts from the EMA
-    # weights with a fresh optimiser, the lr warms up again and falls to 0 at detail_to, and the
-    # min-SNR weights cap the SNR at detail_gamma instead of min_snr_gamma, so low-noise steps,
-    # where corners and fine texture are drawn, weigh as much as the rest.
-    detail_from: int = 0
-    detail_to: int = 0
-    detail_gamma: float = 1000.0
-    # Batch size in the detail stage (0 = batch_size). Refining a model that already draws every
-    # concept needs less gradient averaging than learning it, and a step costs in proportion.
-    detail_batch_size: int = 0
-    checkpoint_every: int = 200
-    export_every: int = 600
-    unet_channels: tuple[int, ...] = (64, 128, 128)
-    vae_channels: tuple[int, ...] = (32, 64)
-    text_width: int = 128
-    text_layers: int = 3
-    text_heads: int = 4
-    heads: int = 4
-    threads: int = 0  # 0 = torch's default
-    workers: int = 0  # processes drawing batches; 0 draws in the training process
-    keep_exports: bool = False  # also keep every export as out_dir/exports/step{N} (accuracy by step)
-    extra: dict = field(default_factory=dict)
 
 
 def _param_groups(unet: torch.nn.Module, text_encoder: torch.nn.Module, text_lr_scale: float) -> list[dict]:
@@ -117,93 +39,6 @@ def _param_groups(unet: torch.nn.Module, text_encoder: torch.nn.Module, text_lr_
     return [{"params": unet_p, "lr_scale": 1.0}, {"params": text_p, "lr_scale": text_lr_scale}]
 
 
-# Settings that do not change the trained weights: a run may resume with other values.
-_RUN_ONLY = ("steps", "checkpoint_every", "export_every", "workers", "threads", "keep_exports")
-
-
-# Settings whose default is not what a run made before they existed did; the others' defaults are.
-_BEFORE_IT_EXISTED = {"freeze_text_encoder": False, "text_pretrain_steps": 0}
-
-
-def _result_config(c: dict) -> dict:
-    return {k: v for k, v in c.items() if k not in _RUN_ONLY}
-
-
-def scheduler_config(prediction_type: str = "epsilon", zero_terminal_snr: bool = False) -> dict:
-    """Cosine betas. Without a zero terminal SNR, DDIM must start at a "leading" timestep: with
-    epsilon prediction "trailing" starts where alpha_bar ~ 0 and ruins the samples."""
-    if prediction_type not in ("epsilon", "v_prediction"):
-        raise ValueError(f"unknown prediction_type {prediction_type!r}; use 'epsilon' or 'v_prediction'")
-    if zero_terminal_snr and prediction_type != "v_prediction":
-        raise ValueError("zero_terminal_snr needs prediction_type='v_prediction' (epsilon says nothing about x0 at SNR 0)")
-    return dict(
-        num_train_timesteps=1000,
-        beta_schedule="squaredcos_cap_v2",
-        prediction_type=prediction_type,
-        clip_sample=False,
-        set_alpha_to_one=False,
-        rescale_betas_zero_snr=zero_terminal_snr,
-        steps_offset=1,  # "trailing" ignores it; diffusers warns on any other value
-        timestep_spacing="trailing" if zero_terminal_snr else "leading",
-    )
-
-
-def build_components(cfg: MiniConfig) -> dict:
-    """Fresh, untrained components of the mini pipeline, initialised under ``cfg.seed``."""
-    scheduler = DDIMScheduler(**scheduler_config(cfg.prediction_type, cfg.zero_terminal_snr))  # checks the pair first
-    torch.manual_seed(cfg.seed)  # module initialisers draw from the global generator
-    tokenizer = build_tokenizer(caption_words())
-    text_encoder = CLIPTextModel(
-        CLIPTextConfig(
-            vocab_size=len(tokenizer),
-            hidden_size=cfg.text_width,
-            intermediate_size=4 * cfg.text_width,
-            num_hidden_layers=cfg.text_layers,
-            num_attention_heads=cfg.text_heads,
-            max_position_embeddings=MAX_LENGTH,
-            projection_dim=cfg.text_width,
-            bos_token_id=tokenizer.bos_token_id,
-            eos_token_id=tokenizer.eos_token_id,
-            pad_token_id=tokenizer.pad_token_id,
-        )
-    )
-    n = len(cfg.vae_channels)
-    vae = AutoencoderKL(
-        in_channels=3,
-        out_channels=3,
-        down_block_types=("DownEncoderBlock2D",) * n,
-        up_block_types=("UpDecoderBlock2D",) * n,
-        block_out_channels=cfg.vae_channels,
-        layers_per_block=1,
-        latent_channels=4,
-        norm_num_groups=32,
-        sample_size=IMAGE_SIZE,
-    )
-    unet = UNet2DConditionModel(
-        sample_size=IMAGE_SIZE // 2 ** (n - 1),
-        in_channels=4,
-        out_channels=4,
-        block_out_channels=cfg.unet_channels,
-        layers_per_block=1,
-        down_block_types=("CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "DownBlock2D"),
-        up_block_types=("UpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D"),
-        cross_attention_dim=cfg.text_width,
-        attention_head_dim=cfg.heads,
-        norm_num_groups=32,
-    )
-    return dict(
-        tokenizer=tokenizer,
-        text_encoder=text_encoder,
-        vae=vae,
-        unet=unet,
-        scheduler=scheduler,
-    )
-
-
-def make_pipeline(components: dict) -> StableDiffusionPipeline:
-    return StableDiffusionPipeline(**components, safety_checker=None, feature_extractor=None, requires_safety_checker=False)
-
-
 def _ema_update(ema: torch.nn.Module, model: torch.nn.Module, decay: float) -> None:
     with torch.no_grad():
         for pe, pm in zip(ema.parameters(), model.parameters()):
@@ -214,28 +49,6 @@ def _save_atomic(obj: dict, path: Path) -> None:
     tmp = path.with_suffix(".tmp")
     torch.save(obj, tmp)
     os.replace(tmp, path)
-
-
-SAMPLING = {"steps": 20, "guidance_scale": 6.0}
-"""How the mini model is meant to be sampled. 20 DDIM steps: with 10, the 2-hour recipe's model draws
-squares and hexagons a third of the time as other shapes (corners come in the low-noise steps)."""
-
-
-def export_pipeline(components: dict, out: Path, dtype: torch.dtype = torch.float32, training: dict | None = None) -> None:
-    """Write a diffusers folder in fp32 (transformers loads weights in their saved dtype), with an
-    ``unsee.json`` giving its sampling defaults and how far it was trained."""
-    pipe = make_pipeline({k: copy.deepcopy(v) for k, v in components.items()})
-    pipe.to(dtype=dtype)
-    # Write beside, then swap: a run killed mid-export must not leave a folder mixing two steps.
-    out = Path(out)
-    tmp, old = out.with_name(out.name + ".tmp"), out.with_name(out.name + ".old")
-    shutil.rmtree(tmp, ignore_errors=True)
-    pipe.save_pretrained(tmp, safe_serialization=True)
-    (tmp / "unsee.json").write_text(json.dumps({"sampling": SAMPLING, "training": training or {}}, indent=2))
-    if out.exists():
-        os.replace(out, old)
-    os.replace(tmp, out)
-    shutil.rmtree(old, ignore_errors=True)
 
 
 class _Batches(torch.utils.data.Dataset):
@@ -470,86 +283,6 @@ def learning_rate(cfg: MiniConfig, step: int, warm_from: int = 0) -> float:
     span = max(stop - start, 1)
     decay = min(1.0, max(0.0, (stop - step) / span))
     return cfg.lr * warm * decay
-
-
-def _default_scheduler() -> DDIMScheduler:
-    return DDIMScheduler(**scheduler_config())
-
-
-def min_snr_weights(gamma: float, scheduler: DDIMScheduler | None = None, snr_floor: float = 1.0) -> torch.Tensor:
-    """Per-timestep loss weights of min-SNR-gamma (Hang et al. 2023) for the scheduler's prediction type.
-
-    Epsilon: min(SNR, gamma) / SNR. v: min(max(SNR, f), gamma) / (SNR + 1) with f = ``snr_floor``,
-    i.e. the same weights where SNR >= f, with the SNR floored below (f = 1: the "truncated SNR"
-    of Salimans & Ho 2022).
-    Min-SNR's own v weight, min(SNR, gamma) / (SNR + 1), goes to 0 as SNR -> 0: it would never
-    train t = T, the one step that must take the image from the prompt alone.
-    """
-    scheduler = scheduler or _default_scheduler()
-    alphas = scheduler.alphas_cumprod  # float32, as the weights of earlier runs
-    snr = alphas / (1 - alphas)
-    kind = scheduler.config.prediction_type
-    if kind == "epsilon":
-        if bool((snr == 0).any()):
-            raise ValueError("epsilon prediction has no loss weight at SNR 0; use v_prediction with zero_terminal_snr")
-        return torch.clamp(snr, max=gamma) / snr
-    if kind == "v_prediction":
-        if not 0 < snr_floor <= gamma:
-            raise ValueError(f"snr_floor must be in (0, gamma={gamma}], got {snr_floor}")
-        return torch.clamp(snr, min=snr_floor, max=gamma) / (snr + 1)
-    raise ValueError(f"unknown prediction_type {kind!r}; use 'epsilon' or 'v_prediction'")
-
-
-def training_target(x0: torch.Tensor, noise: torch.Tensor, alpha_bar: torch.Tensor, prediction_type: str) -> torch.Tensor:
-    """What the UNet learns to output at x_t = sqrt(a) x0 + sqrt(1 - a) noise: noise, or v = sqrt(a) noise - sqrt(1 - a) x0."""
-    if prediction_type == "epsilon":
-        return noise
-    if prediction_type == "v_prediction":
-        return alpha_bar.sqrt() * noise - (1 - alpha_bar).sqrt() * x0
-    raise ValueError(f"unknown prediction_type {prediction_type!r}; use 'epsilon' or 'v_prediction'")
-
-
-def diffusion_loss(
-    comps: dict,
-    images: torch.Tensor,
-    captions: list[str],
-    weight: torch.Tensor,
-    generator: torch.Generator,
-    t_sampling: str = "uniform",
-    text_grad_min_snr: float = 0.0,
-) -> torch.Tensor:
-    """Min-SNR-weighted MSE on a batch, against the target of ``comps["scheduler"]``'s prediction
-    type and on its noise schedule; all noise drawn on the CPU from ``generator``.
-
-    ``t_sampling="weighted"`` draws t with probability w(t) / sum(w) and weighs every sample
-    by mean(w): the same objective in expectation as uniform t with weights w(t). Samples with
-    SNR(t) < ``text_grad_min_snr`` see the same text features but pass no gradient into the encoder.
-    """
-    if t_sampling not in ("uniform", "weighted"):
-        raise ValueError(f"unknown t_sampling {t_sampling!r}; use 'uniform' or 'weighted'")
-    vae, unet, sched = comps["vae"], comps["unet"], comps["scheduler"]
-    device = unet.device
-    with torch.no_grad():
-        post = vae.encode(images.to(device)).latent_dist
-        x0 = post.mean + post.std * torch.randn(post.mean.shape, generator=generator).to(device)
-        x0 = x0 * vae.config.scaling_factor
-    w = weight.cpu()
-    if t_sampling == "weighted":
-        t = torch.multinomial(w, x0.shape[0], replacement=True, generator=generator)
-        w_t = w.mean().expand(x0.shape[0])
-    else:
-        t = torch.randint(0, len(w), (x0.shape[0],), generator=generator)
-        w_t = w[t]
-    noise = torch.randn(x0.shape, generator=generator).to(device)
-    a = sched.alphas_cumprod[t].view(-1, 1, 1, 1).to(device)
-    xt = a.sqrt() * x0 + (1 - a).sqrt() * noise
-    target = training_target(x0, noise, a, sched.config.prediction_type)
-    cond = encode_text(comps["tokenizer"], comps["text_encoder"], captions)
-    if text_grad_min_snr > 0:
-        keep = (a / (1 - a) >= text_grad_min_snr).to(cond.dtype).view(-1, 1, 1)
-        cond = keep * cond + (1 - keep) * cond.detach()
-    pred = unet(xt, t.to(device), cond).sample
-    return (w_t.to(device) * ((pred - target) ** 2).mean(dim=(1, 2, 3))).mean()
 
 
 @torch.no_grad()

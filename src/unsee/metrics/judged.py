@@ -1,0 +1,142 @@
+"""Judged generation metrics: what a model draws for each prompt, read by a :class:`unsee.judges.Judge`.
+
+Each prompt's images come from z_T drawn with that prompt's own seed, so a prompt's result does
+not depend on which other prompts are evaluated with it or on batching. With a second, independent
+judge (``check``), every result also says how often the two judges agree; a class whose generated
+images the judges agree on less than :data:`AGREEMENT_FLOOR` of the time is flagged, not averaged in
+silently: neither judge's read of it is to be trusted.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+
+import torch
+from diffusers import StableDiffusionPipeline
+from tqdm.auto import tqdm
+
+from unsee.judges import Judge, topk
+from unsee.models import sampling_defaults
+from unsee.sampling import ddim, decode, denoise, encode_prompts, latent_shape
+
+AGREEMENT_FLOOR = 0.8
+"""Below this top-1 agreement of two judges on a class's generated images, the class is flagged."""
+FLAG = "⚠"
+"""The marker of a flagged class in Markdown tables."""
+
+
+@dataclass(frozen=True)
+class PromptResult:
+    """Top-k concept names per judge group for each image of one prompt; ``check``: a second judge's top-1."""
+
+    prompt: str
+    topk: dict[str, list[list[str]]]
+    images: torch.Tensor | None = field(default=None, repr=False)
+    check: dict[str, list[list[str]]] | None = None
+
+    def rate(self, group: str, label: str, k: int = 1) -> float:
+        """Fraction of images whose top-k on ``group`` contains ``label``."""
+        if group not in self.topk:
+            raise ValueError(f"unknown judge group {group!r}; known: {', '.join(self.topk)}")
+        rows = self.topk[group]
+        return sum(label in r[:k] for r in rows) / len(rows)
+
+    def agreement(self, group: str) -> float:
+        """Fraction of images on which the judge's and the check's top-1 on ``group`` are the same."""
+        if self.check is None:
+            raise ValueError(f"prompt {self.prompt!r} was read by one judge; pass check= to judge_prompts")
+        return sum(a[0] == b[0] for a, b in zip(self.topk[group], self.check[group])) / len(self.topk[group])
+
+
+def prompt_latents(pipe: StableDiffusionPipeline, n: int, seed: int) -> torch.Tensor:
+    g = torch.Generator("cpu").manual_seed(seed)
+    z = torch.randn(latent_shape(pipe, n), generator=g)
+    return (z * ddim(pipe, 1).init_noise_sigma).to(pipe.unet.device, pipe.unet.dtype)
+
+
+@torch.no_grad()
+def prompt_images(
+    pipe: StableDiffusionPipeline,
+    prompts: Sequence[str],
+    *,
+    n: int = 8,
+    seed: int = 0,
+    steps: int | None = None,
+    guidance_scale: float | None = None,
+    batch_size: int = 64,
+    progress: bool = False,
+) -> list[torch.Tensor]:
+    """``n`` images per prompt ``(n, 3, H, W)`` in [0, 1]; prompt i's z_T comes from seed ``seed + i``.
+
+    ``steps`` and ``guidance_scale`` default to the model's own (``unsee.models.sampling_defaults``).
+    """
+    d = sampling_defaults(pipe)
+    steps = d.steps if steps is None else steps
+    guidance_scale = d.guidance_scale if guidance_scale is None else guidance_scale
+    jobs = [(i, j) for i in range(len(prompts)) for j in range(n)]
+    latents = {i: prompt_latents(pipe, n, seed + i) for i in range(len(prompts))}
+    neg = encode_prompts(pipe, [""])
+    images: dict[int, list[torch.Tensor]] = {i: [] for i in range(len(prompts))}
+    for s in tqdm(range(0, len(jobs), batch_size), desc="sampling", disable=not progress):
+        chunk = jobs[s : s + batch_size]
+        z = torch.stack([latents[i][j] for i, j in chunk])
+        cond = encode_prompts(pipe, [prompts[i] for i, _ in chunk])
+        sched = ddim(pipe, steps)
+        z = denoise(pipe.unet, sched, z, cond, neg.expand(len(chunk), -1, -1), guidance_scale, sched.timesteps)
+        for (i, _), im in zip(chunk, decode(pipe, z)):
+            images[i].append(im.cpu())
+    return [torch.stack(images[i]) for i in range(len(prompts))]
+
+
+@torch.no_grad()
+def judge_prompts(
+    pipe: StableDiffusionPipeline,
+    judge: Judge,
+    prompts: Sequence[str],
+    *,
+    n: int = 8,
+    seed: int = 0,
+    steps: int | None = None,
+    guidance_scale: float | None = None,
+    k: int = 3,
+    batch_size: int = 64,
+    keep_images: bool = False,
+    progress: bool = False,
+    check: Judge | None = None,
+) -> list[PromptResult]:
+    """Generate ``n`` images per prompt (prompt i seeded ``seed + i``) and read them with ``judge``
+    (top-``k``), and with ``check`` (top-1), a second judge of the same groups, when given."""
+    if check is not None:
+        same_groups(judge, check)
+    images = prompt_images(pipe, prompts, n=n, seed=seed, steps=steps, guidance_scale=guidance_scale,
+                           batch_size=batch_size, progress=progress)  # fmt: skip
+    return [PromptResult(p, topk(judge, ims, k), ims if keep_images else None,
+                         topk(check, ims, 1) if check is not None else None)
+            for p, ims in zip(prompts, images)]  # fmt: skip
+
+
+def accuracy(results: Sequence[PromptResult], group: str, labels: Sequence[str], k: int = 1) -> float:
+    """Mean over prompts of the rate at which each prompt's expected label is in the top-k."""
+    return sum(r.rate(group, lab, k) for r, lab in zip(results, labels)) / len(results)
+
+
+def same_groups(judge: Judge, check: Judge) -> None:
+    """Two judges can be compared only on the same groups of the same concepts."""
+    if dict(judge.groups) != dict(check.groups):
+        raise ValueError(f"the two judges know different concepts: {dict(judge.groups)} vs {dict(check.groups)}")
+
+
+def agreement(results: Sequence[PromptResult], group: str) -> float:
+    """Top-1 agreement of the two judges on ``group`` over every image of ``results``."""
+    return sum(r.agreement(group) * len(r.topk[group]) for r in results) / sum(len(r.topk[group]) for r in results)
+
+
+def flagged(agreement_by_class: Mapping[str, float], floor: float = AGREEMENT_FLOOR) -> list[str]:
+    """Classes whose judges agree on fewer than ``floor`` of their images, in the mapping's order."""
+    return [c for c, a in agreement_by_class.items() if a < floor]
+
+
+def mark(name: str, flags: Sequence[str]) -> str:
+    """``name``, with :data:`FLAG` after it when it is flagged (for Markdown tables)."""
+    return f"{name} {FLAG}" if name in flags else name
