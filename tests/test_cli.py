@@ -30,6 +30,89 @@ def test_bad_model_is_a_one_line_error(tmp_path, capsys):
     assert err.startswith("unsee: error: no folder") and "\n" not in err
 
 
+@pytest.mark.parametrize(
+    ("flags", "message"),
+    [
+        (["--n", "0"], "--n must be at least 1 (got 0): it is the number of images per prompt"),
+        (["--steps", "0"], "--steps must be at least 1 (got 0): DDIM takes at least one denoising step"),
+        (["--steps", "-2"], "--steps must be at least 1 (got -2): DDIM takes at least one denoising step"),
+        (["--guidance", "-1"], "--guidance must be at least 0 (got -1.0): up to 1 samples without"),
+    ],
+)
+def test_generate_refuses_settings_that_cannot_sample(tmp_path, capsys, flags, message):
+    out = tmp_path / "g.png"
+    assert main(["generate", "--prompt", "a red circle", "--out", str(out), *flags]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith(f"unsee: error: {message}") and "\n" not in err
+    assert not out.exists()
+
+
+def test_library_parameters_become_the_commands_flags():
+    from unsee.cli import cli_message
+
+    erase = set(_subparser("erase")._option_string_actions)
+    assert cli_message("loss is nan at iteration 3; lower `lr` (now 0.0001)", erase) == (
+        "loss is nan at iteration 3; lower --lr (now 0.0001)"
+    )
+    assert cli_message("use a word it knows, or pass `allow_split=True`", erase) == "use a word it knows, or pass --allow-split"
+    assert cli_message("no checkpoint at x; run without `resume=True`", erase) == "no checkpoint at x; run without --resume"
+    assert cli_message("another erasure; use a new `run.dir`", erase) == "another erasure; use a new --out"
+    assert cli_message("pass at least one in `concepts`", erase) == "pass at least one in --concept"
+    assert cli_message("or use `adversary=search`", erase) == "or use --adversary search"
+    assert cli_message("pass more `words` or fewer `exclude`", erase) == (
+        "pass more --set words=VALUE or fewer --set exclude=VALUE"
+    )
+    generate = set(_subparser("generate")._option_string_actions)
+    assert cli_message("load that model or pass `force=True`", generate) == "load that model or pass --force"
+    assert cli_message("`guidance_scale` must be at least 0", generate) == "--guidance must be at least 0"
+    train = set(_subparser("world", "train")._option_string_actions)
+    assert cli_message("set `detail_from`/`detail_to`, or `detail_to=0` for none", train) == (
+        "set --detail-from/--detail-to, or --detail-to 0 for none"
+    )
+    assert cli_message("lower `vae_lr`", train) == "lower `vae_lr`", "no flag and no --set: the Python name stays"
+    assert cli_message("use the same settings or a new `out`", train) == "use the same settings or a new --out"
+    # shell commands and file names in backticks are not parameters
+    msg = "no edit at e (edit.json missing); make one with `unsee erase --out e`; see `edit.json`"
+    assert cli_message(msg, erase) == msg
+
+
+def _subparser(*names: str):
+    import argparse
+
+    parser = build_parser()
+    for name in names:
+        parser = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction)).choices[name]
+    return parser
+
+
+LIBRARY_CHATTER = ("requires torchvision", "[transformers]", "Loading pipeline components", "Loading weights", "it/s]")
+
+
+def test_generate_shows_its_own_output_not_its_libraries(tmp_path, capfd):
+    out = tmp_path / "g.png"
+    assert main(["generate", "--prompt", "a red circle", "--n", "1", "--steps", "1", "--out", str(out)]) == 0
+    got = capfd.readouterr()
+    assert got.out == f"wrote {out}\n"
+    assert not any(s in got.err for s in LIBRARY_CHATTER), got.err
+    from diffusers.utils import logging as dlog
+    from transformers.utils import logging as tlog
+
+    assert dlog.get_verbosity() == tlog.get_verbosity() == 30, "the libraries' settings are put back after the command"
+    assert dlog.is_progress_bar_enabled() and tlog.is_progress_bar_enabled()
+
+
+def test_a_fresh_process_prints_no_import_time_warnings(tmp_path):
+    import subprocess
+    import sys
+
+    out = tmp_path / "g.png"
+    r = subprocess.run([sys.executable, "-m", "unsee.cli", "generate", "--prompt", "a red circle", "--n", "1", "--steps", "1",
+                        "--out", str(out)], capture_output=True, text=True, timeout=300)  # fmt: skip
+    assert r.returncode == 0, r.stderr
+    assert r.stdout == f"wrote {out}\n"
+    assert r.stderr == "", r.stderr
+
+
 def test_version_and_models(capsys):
     try:
         main(["--version"])
@@ -72,7 +155,7 @@ def test_erase_resumes_and_refuses_bad_input(tmp_path, capsys):
     assert json.loads((edit / "edit.json").read_text())["info"]["log"][-1]["iteration"] == 2
     capsys.readouterr()
     assert main(["erase", "--concept", "zebra", "--out", str(tmp_path / "z"), "--no-preview"]) == 2
-    assert "--allow-split" in capsys.readouterr().err
+    assert "or pass --allow-split to erase the pieces together" in capsys.readouterr().err
     assert main(["erase", "--concept", "circle", "--out", str(tmp_path / "x"), "--set", "colour=1"]) == 2
 
 

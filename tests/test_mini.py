@@ -239,7 +239,7 @@ def test_resume_refuses_another_config(tmp_path):
     with pytest.raises(ValueError, match="another config"):
         train_mini(tiny_config(steps=2, **(off | {"freeze_text_encoder": True})), tmp_path / "old", resume=True, progress=False)
     train_mini(tiny_config(steps=2, **off), tmp_path / "old", resume=True, progress=False)
-    with pytest.raises(FileNotFoundError, match="without --resume"):
+    with pytest.raises(FileNotFoundError, match="without `resume=True`"):
         train_mini(tiny_config(), tmp_path / "empty", resume=True, progress=False)
 
 

@@ -59,3 +59,16 @@ def test_sample_until_checks_its_range(tiny_pipe):
     cond = encode_prompts(tiny_pipe, PROMPTS[:1])
     with pytest.raises(ValueError, match="until"):
         sample_until(tiny_pipe, cond, 5, steps=5, guidance_scale=1.0)
+
+
+def test_sampling_refuses_settings_that_cannot_sample(tiny_pipe):
+    with pytest.raises(ValueError, match=r"^`prompts` is empty: pass at least one prompt"):
+        sample(tiny_pipe, [], steps=2)
+    for steps in (0, -3):
+        with pytest.raises(ValueError, match=rf"^`steps` must be at least 1 \(got {steps}\)"):
+            sample(tiny_pipe, PROMPTS[:1], steps=steps)
+        with pytest.raises(ValueError, match=rf"^`steps` must be at least 1 \(got {steps}\)"):
+            sample_until(tiny_pipe, encode_prompts(tiny_pipe, PROMPTS[:1]), 0, steps=steps, guidance_scale=1.0)
+    with pytest.raises(ValueError, match=r"^`guidance_scale` must be at least 0 \(got -1.0\)"):
+        sample(tiny_pipe, PROMPTS[:1], steps=2, guidance_scale=-1.0)
+    sample(tiny_pipe, PROMPTS[:1], steps=1, guidance_scale=0.0)  # the edges are fine

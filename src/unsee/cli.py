@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import re
 import sys
 from dataclasses import fields
 from pathlib import Path
@@ -148,15 +149,19 @@ def _generate(args: argparse.Namespace) -> None:
 
     from unsee.images import image_grid, save_images
     from unsee.models import load_pipeline, sampling_defaults
-    from unsee.sampling import sample
+    from unsee.sampling import check_sampling, sample
 
+    if args.n < 1:
+        raise ValueError(f"--n must be at least 1 (got {args.n}): it is the number of images per prompt")
+    d = sampling_defaults(args.model)
+    steps = d.steps if args.steps is None else args.steps
+    guidance = d.guidance_scale if args.guidance is None else args.guidance
+    check_sampling(steps, guidance)  # before loading anything
     pipe = load_pipeline(args.model, device=args.device)
     if args.edit:
         from unsee.edits import Edit
 
         Edit.load(args.edit).apply(pipe, force=args.force)
-    d = sampling_defaults(args.model)
-    steps, guidance = args.steps or d.steps, args.guidance if args.guidance is not None else d.guidance_scale
     prompts = [p for p in args.prompt for _ in range(args.n)]
     g = torch.Generator(args.device).manual_seed(args.seed)
     images = sample(pipe, prompts, steps=steps, guidance_scale=guidance, generator=g)
@@ -199,7 +204,7 @@ def _erase(args: argparse.Namespace) -> None:
     from unsee.sampling import sample
 
     overrides = parse_key_values(args.set)
-    for name in ("iterations", "lr", "params", "template", "adversary"):
+    for name in ("iterations", "lr", "params", "template", "adversary", "allow_split"):
         if getattr(args, name) is not None:
             overrides[name] = getattr(args, name)
     cfg = make_config(args.method, **overrides)
@@ -252,6 +257,8 @@ def _add_erase(sub: argparse._SubParsersAction) -> None:
     er.add_argument("--template", default=None, help='prompt for a concept, e.g. "a {}"')
     er.add_argument("--adversary", default=None, choices=("search", "predicted"),
                     help="eap: find preserved concepts by the search (eq. 4) or take the impact predictor's")  # fmt: skip
+    er.add_argument("--allow-split", action="store_true", default=None,
+                    help="erase a concept the tokenizer splits into pieces (the pieces together)")  # fmt: skip
     er.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="any other method setting")
     er.add_argument("--checkpoint-every", type=int, default=50)
     er.add_argument("--resume", action="store_true", help="continue from OUT/checkpoint.pt")
@@ -442,13 +449,67 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+# Library errors name Python parameters in backticks (`lr`, `force=True`); the CLI names its flags.
+# Parameters whose flag is not the generic `snake_case` -> --snake-case:
+PARAM_FLAGS = {
+    "concepts": "--concept",
+    "prompts": "--prompt",
+    "guidance_scale": "--guidance",
+    "run.dir": "--out",
+    "out": "--out",
+}
+QUOTES = "'\""
+SET_VALUES = {"True": "true", "False": "false", None: "VALUE"}  # --set reads JSON
+_PARAM = re.compile(r"`([a-z][a-z0-9_]*(?:\.[a-z][a-z0-9_]*)?)(?:=([^`\s]+))?`")
+
+
+def _command_parser(parser: argparse.ArgumentParser, args: argparse.Namespace) -> argparse.ArgumentParser:
+    """The (sub)parser of the command ``args`` came from (``unsee world sample`` -> its own parser)."""
+    for dest in ("cmd", "world_cmd"):
+        subs = [a for a in parser._actions if isinstance(a, argparse._SubParsersAction)]
+        if not subs or getattr(args, dest, None) is None:
+            break
+        parser = subs[0].choices[getattr(args, dest)]
+    return parser
+
+
+def cli_message(message: str, flags: set[str] | None = None) -> str:
+    """A library error message with its Python parameters named as the command's flags.
+
+    `` `lr` `` -> ``--lr``, `` `allow_split=True` `` -> ``--allow-split``, `` `adversary=search` `` ->
+    ``--adversary search``, `` `concepts` `` -> ``--concept`` (:data:`PARAM_FLAGS`). With ``flags``
+    (the command's option strings), a parameter without a flag becomes ``--set name=value`` where the
+    command has ``--set``, and otherwise stays as the library named it.
+    """
+
+    def flag(m: re.Match) -> str:
+        name, value = m.group(1), m.group(2)
+        opt = PARAM_FLAGS.get(name, "--" + name.replace("_", "-"))
+        if value == "False":
+            opt, value = f"--no-{opt[2:]}", None  # a BooleanOptionalAction's negative, where there is one
+        if flags is None or opt in flags:
+            return opt if value in (None, "True") else f"{opt} {value.strip(QUOTES)}"
+        if "--set" in flags and "." not in name:
+            return f"--set {name}={SET_VALUES.get(m.group(2), m.group(2))}"
+        return m.group(0)
+
+    return _PARAM.sub(flag, message)
+
+
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    try:
-        args.func(args)
-    except (FileNotFoundError, ValueError, FloatingPointError) as e:  # ModelError is a ValueError
-        print(f"unsee: error: {e}", file=sys.stderr)
-        return 2
+    from unsee.quiet import quiet_libraries
+
+    # The command's own output, not its libraries' warnings and loading bars; entered before
+    # build_parser, whose imports already import diffusers' pipelines (transformers warns then).
+    with quiet_libraries():
+        parser = build_parser()
+        args = parser.parse_args(argv)
+        try:
+            args.func(args)
+        except (FileNotFoundError, ValueError, FloatingPointError) as e:  # ModelError is a ValueError
+            flags = set(_command_parser(parser, args)._option_string_actions)
+            print(f"unsee: error: {cli_message(str(e), flags)}", file=sys.stderr)
+            return 2
     return 0
 
 

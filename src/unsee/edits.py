@@ -94,7 +94,7 @@ class Edit:
         fp = fingerprint(pipe)
         if fp != self.base_fingerprint:
             raise FingerprintMismatch(
-                f"this edit was made for base model {self.base_fingerprint}, not {fp}; load that model or pass --force"
+                f"this edit was made for base model {self.base_fingerprint}, not {fp}; load that model or pass `force=True`"
             )
 
     def apply(self, pipe: StableDiffusionPipeline, *, force: bool = False, check: bool = True) -> Undo:

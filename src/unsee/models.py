@@ -11,6 +11,8 @@ from pathlib import Path
 import torch
 from diffusers import StableDiffusionPipeline
 
+from unsee.quiet import quiet_libraries
+
 ASSETS = Path(__file__).resolve().parent / "assets"
 BUNDLED: dict[str, Path] = {"mini": ASSETS / "mini"}
 # Pipelines whose UNet + CLIP text encoder unsee edits.
@@ -72,9 +74,10 @@ def load_pipeline(
     where = resolve(name_or_path)
     offline = os.environ.get("HF_HUB_OFFLINE", "0").lower() in ("1", "true", "yes")
     try:
-        pipe = StableDiffusionPipeline.from_pretrained(
-            where, dtype=dtype, safety_checker=None, requires_safety_checker=False, local_files_only=offline
-        )
+        with quiet_libraries():  # no "Loading pipeline components..." / "Loading weights" bars or warnings
+            pipe = StableDiffusionPipeline.from_pretrained(
+                where, dtype=dtype, safety_checker=None, requires_safety_checker=False, local_files_only=offline
+            )
     except (OSError, ValueError) as e:
         if isinstance(where, Path):
             raise ModelError(f"cannot load pipeline from {where}: {str(e).splitlines()[0]}") from e

@@ -33,6 +33,15 @@ def encode_prompts(pipe: StableDiffusionPipeline, prompts: Sequence[str]) -> tor
     return encode_text(pipe.tokenizer, pipe.text_encoder, prompts)
 
 
+def check_sampling(steps: int, guidance_scale: float) -> None:
+    """Refuse sampler settings that cannot mean anything, naming the parameter to fix."""
+    if steps < 1:
+        raise ValueError(f"`steps` must be at least 1 (got {steps}): DDIM takes at least one denoising step")
+    if guidance_scale < 0:
+        raise ValueError(f"`guidance_scale` must be at least 0 (got {guidance_scale}): up to 1 samples without "
+                         "classifier-free guidance, SD's default is 7.5")  # fmt: skip
+
+
 def ddim(pipe: StableDiffusionPipeline, steps: int) -> DDIMScheduler:
     """A fresh DDIM scheduler from the pipeline's config with ``steps`` timesteps set."""
     sched = DDIMScheduler.from_config(pipe.scheduler.config)
@@ -108,6 +117,7 @@ def sample_until(
     returns z_T itself at the first timestep.
     """
     unet = unet or pipe.unet
+    check_sampling(steps, guidance_scale)
     if not 0 <= until < steps:
         raise ValueError(f"until must be in [0, {steps}), got {until}")
     sched = ddim(pipe, steps)
@@ -143,6 +153,9 @@ def sample(
     Prompts go through in chunks of ``batch_size``; z_T is drawn once for all prompts, so the
     result does not depend on the chunking.
     """
+    if len(prompts) == 0:
+        raise ValueError("`prompts` is empty: pass at least one prompt to sample")
+    check_sampling(steps, guidance_scale)
     z_all = latents if latents is not None else initial_latents(pipe, len(prompts), generator)
     neg = encode_prompts(pipe, [negative_prompt])
     out = []

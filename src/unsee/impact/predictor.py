@@ -222,7 +222,7 @@ def features_for(pipe: StableDiffusionPipeline, model: ImpactPredictor, names: S
     """Features of ``names`` on ``pipe`` with the predictor's template and draws; refuses another base model."""
     if model.base_fingerprint and model.base_fingerprint != fingerprint(pipe):
         raise ValueError("this impact predictor was trained on another base model; train one for this model "
-                         "(benchmarks/impact.py) or use --set adversary=search")  # fmt: skip
+                         "(benchmarks/impact.py) or use `adversary=search`")  # fmt: skip
     emb = encode_prompts(pipe, [concept_prompt(n, model.cfg.template) for n in names])
     vocab = Vocabulary(tuple(names), emb, model.cfg.template)
     draws = make_draws(pipe, model.cfg.draws, seed=model.cfg.draws_seed)

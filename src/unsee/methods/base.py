@@ -132,11 +132,11 @@ def erase(
 
 def check_concepts(pipe: StableDiffusionPipeline, concepts: Sequence[str], cfg: MethodConfig) -> None:
     if not concepts:
-        raise ValueError("no concept given; pass at least one --concept")
+        raise ValueError("no concept given; pass at least one in `concepts`")
     tok = pipe.tokenizer
     for c in concepts:
         if not c or not c.strip():
-            raise ValueError("empty concept; pass a word or phrase the model knows, e.g. --concept circle")
+            raise ValueError("empty concept in `concepts`; pass a word or phrase the model knows, e.g. 'circle'")
         if cfg.allow_split:
             continue
         for word in c.split():
@@ -144,7 +144,7 @@ def check_concepts(pipe: StableDiffusionPipeline, concepts: Sequence[str], cfg: 
             if len(pieces) != 1:
                 raise ValueError(
                     f"the tokenizer splits {word!r} into {len(pieces)} pieces ({' '.join(pieces)}): the model has no word "
-                    "for it; use a word it knows, or pass --allow-split to erase the pieces together"
+                    "for it; use a word it knows, or pass `allow_split=True` to erase the pieces together"
                 )
 
 
@@ -230,7 +230,7 @@ class Trainer:
             loss = terms["loss"]
             if not torch.isfinite(loss):
                 raise FloatingPointError(
-                    f"{desc} loss is {loss.item()} at iteration {self.iteration}; lower --lr (now {self.cfg.lr})"
+                    f"{desc} loss is {loss.item()} at iteration {self.iteration}; lower `lr` (now {self.cfg.lr})"
                 )
             self.opt.zero_grad(set_to_none=True)
             for hook in self.extras.get("_zero_grad", []):
@@ -267,7 +267,7 @@ class Trainer:
             return
         path = None if self.run.dir is None else self.run.dir / "checkpoint.pt"
         if path is None or not path.exists():
-            raise FileNotFoundError(f"no checkpoint at {path}; run without --resume to start the erasure")
+            raise FileNotFoundError(f"no checkpoint at {path}; run without `resume=True` to start the erasure")
         ck = torch.load(path, map_location="cpu", weights_only=False)
 
         def comparable(c: dict) -> dict:  # JSON turns tuples into lists; iterations may grow on resume
@@ -275,9 +275,9 @@ class Trainer:
 
         same = comparable(ck["config"]) == comparable(self.cfg.to_dict())
         if not same or ck["concepts"] != self.concepts:
-            raise ValueError(f"checkpoint {path} is for another erasure (method, settings or concepts); use a new --out")
+            raise ValueError(f"checkpoint {path} is for another erasure (method, settings or concepts); use a new `run.dir`")
         if ck["base_fingerprint"] != self.base_fingerprint:
-            raise ValueError(f"checkpoint {path} was made on another base model; load that model or use a new --out")
+            raise ValueError(f"checkpoint {path} was made on another base model; load that model or use a new `run.dir`")
         with torch.no_grad():
             for n, p in self.params.items():
                 p.copy_(ck["params"][n])

@@ -92,7 +92,7 @@ def build_R(pipe: StableDiffusionPipeline, tr: Trainer, cfg: EAPConfig):
     R = adversary_candidates(vocab, tr.c_e, sorted(erased_words | set(cfg.exclude)), k_nearest=cfg.k_nearest,
                              n_centres=cfg.n_centres)  # fmt: skip
     if len(R) == 0:
-        raise ValueError("the adversary vocabulary is empty; pass more --words or fewer --exclude")
+        raise ValueError("the adversary vocabulary is empty; pass more `words` or fewer `exclude`")
     return vocab, R
 
 

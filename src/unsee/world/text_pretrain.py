@@ -104,7 +104,7 @@ def pretrain_text_encoder(
         hidden = text_encoder(ids).last_hidden_state  # what the UNet cross-attends to
         loss = F.binary_cross_entropy_with_logits(head(hidden), named_so_far(ids, table))
         if not torch.isfinite(loss):
-            raise FloatingPointError(f"text pretraining loss is {loss.item()} at step {step}; lower --text-pretrain-lr")
+            raise FloatingPointError(f"text pretraining loss is {loss.item()} at step {step}; lower `text_pretrain_lr`")
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()

@@ -94,7 +94,7 @@ def train_mini(
     if cfg.detail_to and not cfg.anneal_to <= cfg.detail_from < cfg.detail_to:
         raise ValueError(
             f"the detail stage needs anneal_to <= detail_from < detail_to, got {cfg.anneal_to}, {cfg.detail_from}, "
-            f"{cfg.detail_to}; set --detail-from/--detail-to, or --detail-to 0 for none"
+            f"{cfg.detail_to}; set `detail_from`/`detail_to`, or `detail_to=0` for none"
         )
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -118,11 +118,11 @@ def train_mini(
 
     if resume:
         if not ckpt_path.exists():
-            raise FileNotFoundError(f"no checkpoint at {ckpt_path}; run without --resume to start training")
+            raise FileNotFoundError(f"no checkpoint at {ckpt_path}; run without `resume=True` to start training")
         ck = torch.load(ckpt_path, map_location="cpu", weights_only=False)
         # A setting added after the checkpoint was made counts at the value that means "as before it existed".
         if _result_config(asdict(MiniConfig()) | _BEFORE_IT_EXISTED | ck["config"]) != _result_config(asdict(cfg)):
-            raise ValueError(f"checkpoint {ckpt_path} was made with another config; use the same flags or a new --out")
+            raise ValueError(f"checkpoint {ckpt_path} was made with another config; use the same settings or a new `out`")
         for name, mod in [("vae", vae), ("unet", unet), ("text_encoder", text_encoder), ("ema_unet", ema_unet),
                           ("ema_text", ema_text), ("vae_opt", vae_opt), ("opt", opt)]:  # fmt: skip
             mod.load_state_dict(ck[name])  # optimizer state follows its parameters' device
@@ -181,7 +181,7 @@ def train_mini(
         rec = vae.decode(z).sample
         loss = F.mse_loss(rec, images) + 0.5 * F.l1_loss(rec, images) + cfg.vae_kl_weight * post.kl().mean()
         if not torch.isfinite(loss):
-            raise FloatingPointError(f"VAE loss is {loss.item()} at step {s}; lower --vae-lr")
+            raise FloatingPointError(f"VAE loss is {loss.item()} at step {s}; lower `vae_lr`")
         vae_opt.zero_grad(set_to_none=True)
         loss.backward()
         vae_opt.step()
@@ -231,7 +231,7 @@ def train_mini(
         loss = diffusion_loss(comps | {"unet": unet, "text_encoder": text_encoder, "vae": vae}, images, list(captions),
                               w, g, t_sampling=cfg.t_sampling, text_grad_min_snr=cfg.text_grad_min_snr)  # fmt: skip
         if not torch.isfinite(loss):
-            raise FloatingPointError(f"UNet loss is {loss.item()} at step {s}; lower --lr or resume from the checkpoint")
+            raise FloatingPointError(f"UNet loss is {loss.item()} at step {s}; lower `lr` or resume from the checkpoint")
         lr = learning_rate(cfg, s, state.get("warm_from", 0))
         for group in opt.param_groups:
             group["lr"] = lr * group.get("lr_scale", 1.0)  # absent in checkpoints made before it
