@@ -72,3 +72,14 @@ def test_sampling_refuses_settings_that_cannot_sample(tiny_pipe):
     with pytest.raises(ValueError, match=r"^`guidance_scale` must be at least 0 \(got -1.0\)"):
         sample(tiny_pipe, PROMPTS[:1], steps=2, guidance_scale=-1.0)
     sample(tiny_pipe, PROMPTS[:1], steps=1, guidance_scale=0.0)  # the edges are fine
+
+
+def test_prompt_images_refuses_settings_that_cannot_sample(tiny_pipe):
+    from unsee.metrics.judged import prompt_images
+
+    with pytest.raises(ValueError, match=r"^`steps` must be at least 1 \(got 0\)"):
+        prompt_images(tiny_pipe, PROMPTS[:1], n=1, steps=0)
+    with pytest.raises(ValueError, match=r"^`guidance_scale` must be at least 0 \(got -2.0\)"):
+        prompt_images(tiny_pipe, PROMPTS[:1], n=1, steps=1, guidance_scale=-2.0)
+    with pytest.raises(ValueError, match=r"^`n` must be at least 1 \(got 0\): the images per prompt"):
+        prompt_images(tiny_pipe, PROMPTS[:1], n=0, steps=1)

@@ -18,7 +18,7 @@ from tqdm.auto import tqdm
 
 from unsee.judges import Judge, topk
 from unsee.models import sampling_defaults
-from unsee.sampling import ddim, decode, denoise, encode_prompts, latent_shape
+from unsee.sampling import check_sampling, ddim, decode, denoise, encode_prompts, latent_shape
 
 AGREEMENT_FLOOR = 0.8
 """Below this top-1 agreement of two judges on a class's generated images, the class is flagged."""
@@ -74,6 +74,9 @@ def prompt_images(
     d = sampling_defaults(pipe)
     steps = d.steps if steps is None else steps
     guidance_scale = d.guidance_scale if guidance_scale is None else guidance_scale
+    check_sampling(steps, guidance_scale)
+    if n < 1:
+        raise ValueError(f"`n` must be at least 1 (got {n}): the images per prompt")
     jobs = [(i, j) for i in range(len(prompts)) for j in range(n)]
     latents = {i: prompt_latents(pipe, n, seed + i) for i in range(len(prompts))}
     neg = encode_prompts(pipe, [""])
