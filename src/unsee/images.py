@@ -1,4 +1,4 @@
-"""Labelled image grids: pictures a person would rather look at than read."""
+"""Labelled image grids (pictures a person would rather look at than read), and image folders in and out."""
 
 from __future__ import annotations
 
@@ -79,3 +79,45 @@ def save_images(images: torch.Tensor, folder: str | Path, names: Sequence[str]) 
         im.save(p)
         paths.append(p)
     return paths
+
+
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp")
+
+
+def load_image_folder(folder: str | Path, size: int | tuple[int, int] | None = None) -> torch.Tensor:
+    """The images in ``folder`` as ``(N, 3, H, W)`` float32 in [0, 1], in sorted file-name order.
+
+    Reads the files ending in one of :data:`IMAGE_SUFFIXES` (any case) directly in ``folder``;
+    subfolders, hidden files and other files (``concept.json``) are left out. RGBA, greyscale and
+    palette images become RGB (alpha is dropped). ``size`` is the size every image must have: an
+    int for square images, or ``(height, width)``; ``None`` takes the first image's, since one
+    tensor needs one size. Images are not resized: a wrong size is an error that says so.
+    Every problem is a one-line :class:`ValueError` naming the fix.
+    """
+    folder = Path(folder).expanduser()
+    if not folder.exists():
+        raise ValueError(f"no folder {folder}; pass a folder of images (e.g. `unsee world sample --concept frame --out DIR`)")
+    if not folder.is_dir():
+        raise ValueError(f"{folder} is a file, not a folder; pass the folder that holds the images")
+    files = sorted(p for p in folder.iterdir() if p.is_file() and not p.name.startswith(".")
+                   and p.suffix.lower() in IMAGE_SUFFIXES)  # fmt: skip
+    if not files:
+        raise ValueError(f"no images in {folder} (looked for {', '.join(IMAGE_SUFFIXES)}); put the images there "
+                         "or pass another folder")  # fmt: skip
+    want = (size, size) if isinstance(size, int) else tuple(size) if size is not None else None
+    arrays = []
+    for path in files:
+        try:
+            with Image.open(path) as im:
+                im.load()
+                rgb = im.convert("RGB")
+        except (OSError, ValueError, Image.DecompressionBombError) as e:
+            raise ValueError(f"cannot read {path} as an image ({type(e).__name__}); remove it from {folder} or replace it") from e
+        hw = (rgb.height, rgb.width)
+        if want is None:
+            want = hw
+        if hw != want:
+            raise ValueError(f"{path} is {hw[0]}x{hw[1]} (height x width), not the expected {want[0]}x{want[1]}; "
+                             f"resize the images to {want[0]}x{want[1]} first")  # fmt: skip
+        arrays.append(np.asarray(rgb, dtype=np.uint8))
+    return torch.from_numpy(np.stack(arrays)).permute(0, 3, 1, 2).float().div(255.0)
