@@ -58,8 +58,21 @@ def _world_sample(args: argparse.Namespace) -> None:
     from unsee.world.captions import caption
     from unsee.world.render import render, sample_scene
 
+    if args.concept is not None:  # an image set of one concept (a textual inversion's D_c), not a grid
+        from unsee.world.concepts import write_concept_images
+
+        if args.out is None:
+            raise ValueError("--concept writes a folder of images: pass --out DIR")
+        n = 64 if args.n is None else args.n
+        out = write_concept_images(args.concept, args.out, n, args.seed, without=args.without)
+        what = f"without {args.concept}" if args.without else f"of {args.concept}"
+        print(f"wrote {n} images {what} to {out}/ (concept.json, preview/grid.png)")
+        return
+    if args.without:
+        raise ValueError("--without needs --concept: the concept the images leave out")
+    args.out = args.out or "world.png"
     rng = np.random.default_rng(args.seed)
-    scenes = [sample_scene(rng) for _ in range(args.n)]
+    scenes = [sample_scene(rng) for _ in range(32 if args.n is None else args.n)]
     images = np.stack([render(s) for s in scenes])
     labels = []
     for s in scenes:
@@ -123,9 +136,13 @@ def _add_world(sub: argparse._SubParsersAction) -> None:
     tr.add_argument("--zero-terminal-snr", action=argparse.BooleanOptionalAction, default=defaults.zero_terminal_snr,
                     help="pure noise at t = T, DDIM from there (needs --prediction-type v_prediction)")  # fmt: skip
     tr.set_defaults(func=_world_train)
-    sa = wsub.add_parser("sample", help="draw a labelled grid of ground-truth scenes and captions")
-    sa.add_argument("--out", default="world.png")
-    sa.add_argument("--n", type=int, default=32)
+    sa = wsub.add_parser("sample", help="draw a labelled grid of ground-truth scenes and captions, or, with "
+                         "--concept, a folder of images of one concept (a textual inversion's training set)")  # fmt: skip
+    sa.add_argument("--out", default=None, help="the grid (default world.png), or with --concept the folder to write")
+    sa.add_argument("--n", type=int, default=None, help="scenes (default 32), or with --concept images (default 64)")
+    sa.add_argument("--concept", default=None,
+                    help="write N images that show this world concept: an object, colour, style or frame")  # fmt: skip
+    sa.add_argument("--without", action="store_true", help="with --concept: images that do not show it")
     sa.add_argument("--cols", type=int, default=8)
     sa.add_argument("--seed", type=int, default=0)
     sa.set_defaults(func=_world_sample)
