@@ -70,8 +70,9 @@ def empirical_impact(
     """Sample ``n`` images per concept from the base and the edited model with the same seeds and compare.
 
     ``judge`` reads both: a concept counts under ``labels[concept]`` (the judge's name for it, e.g. a
-    synonym's class; the mini world's map is ``unsee.world.captions.JUDGE_LABELS``), else under its own
-    name when the judge knows it. ``steps`` and ``guidance_scale`` default to the model's own sampling settings."""
+    synonym's class; a world supplies its own map, as the mini world's ``JUDGE_LABELS`` in its captions
+    module), else under its own name when the judge knows it. ``steps`` and ``guidance_scale`` default to
+    the model's own sampling settings."""
     if not concepts:
         raise ValueError("no concepts to measure; pass at least one")
     prompts = [concept_prompt(c, template) for c in concepts]
