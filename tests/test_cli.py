@@ -142,8 +142,15 @@ def test_erase_apply_generate_evaluate_end_to_end(tmp_path):
     assert main(["apply", str(edit), "--model", "mini", "--out", str(tmp_path / "merged")]) == 0
     assert (tmp_path / "merged" / "model_index.json").exists()
     assert main(["evaluate", "--edit", str(edit), "--n", "1", "--out", str(tmp_path / "ev.json")]) == 0
-    scores = json.loads((tmp_path / "ev.json").read_text())["scores"]
+    report = json.loads((tmp_path / "ev.json").read_text())
+    scores = report["scores"]
     assert 0 <= scores["ESR-1"] <= 1 and 0 <= scores["PSR-1"] <= 1
+    # the second judge's per-class agreement, and the classes below the floor, in the JSON and the Markdown
+    assert all(0 <= r["agreement"] <= 1 for r in report["per_class"].values())
+    assert report["flagged"] == [c for c, r in report["per_class"].items() if r["agreement"] < 0.8]
+    md = (tmp_path / "ev.md").read_text()
+    assert "| class |" in md and "agreement" in md
+    assert all(f"| {c} ⚠ |" in md for c in report["flagged"])
 
 
 def test_erase_resumes_and_refuses_bad_input(tmp_path, capsys):
