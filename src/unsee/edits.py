@@ -7,6 +7,7 @@ diffusers folder that plain ``StableDiffusionPipeline.from_pretrained`` loads.
 
 from __future__ import annotations
 
+import hashlib
 import json
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -47,6 +48,15 @@ class Edit:
     tensors: dict[str, torch.Tensor] = field(repr=False)
     info: dict[str, Any] = field(default_factory=dict)
     unsee_version: str = __version__
+
+    @property
+    def digest(self) -> str:
+        """A short hash of the changed tensors: which erasure a learned concept or attack result was made on."""
+        h = hashlib.sha256()
+        for k in sorted(self.tensors):
+            h.update(k.encode())
+            h.update(self.tensors[k].detach().cpu().float().contiguous().numpy().tobytes())
+        return h.hexdigest()[:16]
 
     @property
     def num_changed(self) -> int:

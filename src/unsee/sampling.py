@@ -7,7 +7,8 @@ at an intermediate step (:func:`sample_until`) to hand back ``z_t``, which erasu
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+import re
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 
 import torch
@@ -17,20 +18,77 @@ from diffusers.utils.torch_utils import randn_tensor
 EpsFn = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
 
 
+Learned = Mapping[str, torch.Tensor]
+"""Learned tokens: token string -> its ``(n_vectors, D)`` input embeddings (textual inversion)."""
+
+
 def tokenize(tokenizer, prompts: Sequence[str]) -> torch.Tensor:
     """Token ids ``(B, L)`` of prompts, padded (and cut) to the tokenizer's length as SD does."""
     return tokenizer(list(prompts), padding="max_length", max_length=tokenizer.model_max_length, truncation=True,
                      return_tensors="pt").input_ids  # fmt: skip
 
 
-def encode_text(tokenizer, text_encoder: torch.nn.Module, prompts: Sequence[str]) -> torch.Tensor:
-    """Text-encoder hidden states ``(B, L, D)`` of prompts (:func:`tokenize`)."""
-    return text_encoder(tokenize(tokenizer, prompts).to(text_encoder.device))[0]
+def tokenize_learned(tokenizer, prompts: Sequence[str], learned: Learned) -> tuple[torch.Tensor, list[list[tuple[int, str]]]]:
+    """Token ids of prompts that may hold learned tokens, and where each learned token's vectors go.
+
+    A learned token becomes ``n_vectors`` placeholder ids (the tokenizer's BOS id, which no prompt
+    position after the first uses), at the positions diffusers' ``load_textual_inversion`` gives
+    ``"<tok>"``, ``"<tok>_1"``, ...; the rest of the prompt tokenizes exactly as without them.
+    Returns ``(ids (B, L), [[(position, token), ...] per prompt])``.
+    """
+    if not learned:
+        return tokenize(tokenizer, prompts), [[] for _ in prompts]
+    pattern = re.compile("(" + "|".join(re.escape(t) for t in sorted(learned, key=len, reverse=True)) + ")")
+    L, bos, eos = tokenizer.model_max_length, tokenizer.bos_token_id, tokenizer.eos_token_id
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else eos
+    rows, where = [], []
+    for prompt in prompts:
+        ids, spots = [bos], []
+        for part in pattern.split(prompt):
+            if part in learned:
+                for _ in range(learned[part].shape[0]):
+                    spots.append((len(ids), part))
+                    ids.append(bos)
+            elif part.strip():
+                ids += tokenizer(part.strip(), add_special_tokens=False).input_ids
+        ids = ids[: L - 1] + [eos]
+        spots = [(i, tok) for i, tok in spots if i < L - 1]
+        rows.append(ids + [pad] * (L - len(ids)))
+        where.append(spots)
+    return torch.tensor(rows), where
 
 
-def encode_prompts(pipe: StableDiffusionPipeline, prompts: Sequence[str]) -> torch.Tensor:
+def encode_text(tokenizer, text_encoder: torch.nn.Module, prompts: Sequence[str], learned: Learned | None = None) -> torch.Tensor:
+    """Text-encoder hidden states ``(B, L, D)`` of prompts (:func:`tokenize`).
+
+    ``learned`` tokens in the prompts enter as their learned input embeddings, through a forward
+    hook on the input-embedding layer that lives only for this call (gradients flow to them).
+    """
+    if not learned or not any(t in p for p in prompts for t in learned):
+        return text_encoder(tokenize(tokenizer, prompts).to(text_encoder.device))[0]
+    ids, where = tokenize_learned(tokenizer, prompts, learned)
+    layer = text_encoder.get_input_embeddings()
+
+    def swap(_module, _inputs, out: torch.Tensor) -> torch.Tensor:
+        out = out.clone()
+        for b, spots in enumerate(where):
+            seen: dict[str, int] = {}
+            for pos, tok in spots:
+                k = seen.get(tok, 0) % learned[tok].shape[0]
+                seen[tok] = k + 1
+                out[b, pos] = learned[tok][k].to(out.dtype)
+        return out
+
+    handle = layer.register_forward_hook(swap)
+    try:
+        return text_encoder(ids.to(text_encoder.device))[0]
+    finally:
+        handle.remove()
+
+
+def encode_prompts(pipe: StableDiffusionPipeline, prompts: Sequence[str], learned: Learned | None = None) -> torch.Tensor:
     """:func:`encode_text` with the pipeline's tokenizer and text encoder."""
-    return encode_text(pipe.tokenizer, pipe.text_encoder, prompts)
+    return encode_text(pipe.tokenizer, pipe.text_encoder, prompts, learned)
 
 
 def check_sampling(steps: int, guidance_scale: float) -> None:
@@ -147,11 +205,12 @@ def sample(
     negative_prompt: str = "",
     batch_size: int = 64,
     return_latents: bool = False,
+    learned: Learned | None = None,
 ) -> torch.Tensor:
     """Generate one image per prompt as ``(B, 3, H, W)`` in [0, 1] (or the final latents).
 
     Prompts go through in chunks of ``batch_size``; z_T is drawn once for all prompts, so the
-    result does not depend on the chunking.
+    result does not depend on the chunking. ``learned`` tokens (textual inversion) may appear in prompts.
     """
     if len(prompts) == 0:
         raise ValueError("`prompts` is empty: pass at least one prompt to sample")
@@ -161,7 +220,7 @@ def sample(
     out = []
     for i in range(0, len(prompts), batch_size):
         chunk = list(prompts[i : i + batch_size])
-        cond = encode_prompts(pipe, chunk)
+        cond = encode_prompts(pipe, chunk, learned)
         sched = ddim(pipe, steps)
         uncond = neg.expand(len(chunk), -1, -1)
         z = denoise(pipe.unet, sched, z_all[i : i + len(chunk)], cond, uncond, guidance_scale, sched.timesteps)

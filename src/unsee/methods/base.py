@@ -12,7 +12,7 @@ import dataclasses
 import json
 import os
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, ClassVar, Literal
@@ -22,6 +22,7 @@ from diffusers import StableDiffusionPipeline
 from torch.func import functional_call
 from tqdm.auto import tqdm
 
+from unsee.concepts.learned import Concept, LearnedConcept, check_learned, concept_name, learned_tokens
 from unsee.edits import Edit
 from unsee.models import fingerprint
 from unsee.sampling import encode_prompts, sample_until
@@ -116,18 +117,35 @@ class Run:
 
 def erase(
     pipe: StableDiffusionPipeline,
-    concepts: str | Sequence[str],
+    concepts: Concept | Sequence[Concept],
     cfg: MethodConfig,
     generator: torch.Generator | None = None,
     *,
     run: Run | None = None,
+    learned: Sequence[LearnedConcept] = (),
+    force: bool = False,
 ) -> Edit:
-    """Erase ``concepts`` from ``pipe`` with the method ``cfg`` names; ``pipe`` is left unchanged."""
-    concepts = [concepts] if isinstance(concepts, str) else list(concepts)
-    check_concepts(pipe, concepts, cfg)
+    """Erase ``concepts`` from ``pipe`` with the method ``cfg`` names; ``pipe`` is left unchanged.
+
+    A concept is a word or phrase the model knows, or a :class:`~unsee.concepts.learned.LearnedConcept`
+    (equation 9: a concept only pictures express, erased through its learned token). ``learned``
+    concepts add tokens the method's other prompts may use, e.g. a neutral target ``c_n="<clean>"``
+    learned from images without the concept. ``force`` accepts learned concepts made on another model.
+    """
+    concepts = [concepts] if isinstance(concepts, str | LearnedConcept) else list(concepts)
+    if not concepts:
+        raise ValueError("no concept given; pass at least one in `concepts`")
+    words = [c for c in concepts if not isinstance(c, LearnedConcept)]
+    extra = [c for c in concepts if isinstance(c, LearnedConcept)] + list(learned)
+    if words:
+        check_concepts(pipe, words, cfg)
+    check_learned(pipe, extra, force=force)
+    if extra and getattr(cfg, "adversary", "search") == "predicted":
+        raise ValueError("the impact predictor scores words, not learned concepts; use `adversary='search'`")
     fn = _REGISTRY[cfg.name][1]
-    return fn(pipe, concepts, cfg, generator if generator is not None else torch.Generator().manual_seed(0),
-              run=run or Run(progress=False))  # fmt: skip
+    return fn(pipe, [concept_name(c) for c in concepts], cfg,
+              generator if generator is not None else torch.Generator().manual_seed(0), run=run or Run(progress=False),
+              learned=learned_tokens(extra))  # fmt: skip
 
 
 def check_concepts(pipe: StableDiffusionPipeline, concepts: Sequence[str], cfg: MethodConfig) -> None:
@@ -178,8 +196,9 @@ class Trainer:
     """The loop shared by the erasers: trained tensors, Adam, z_t draws, checkpoints, the Edit."""
 
     def __init__(self, pipe: StableDiffusionPipeline, concepts: Sequence[str], cfg: MethodConfig,
-                 generator: torch.Generator, run: Run):  # fmt: skip
+                 generator: torch.Generator, run: Run, learned: Mapping[str, torch.Tensor] | None = None):  # fmt: skip
         self.pipe, self.cfg, self.g, self.run = pipe, cfg, generator, run
+        self.learned = dict(learned or {})  # learned tokens any of the method's prompts may hold
         self.concepts = list(concepts)
         self.seed = generator.initial_seed()
         self.unet = pipe.unet
@@ -196,8 +215,12 @@ class Trainer:
         self.elapsed = 0.0
         self.base_fingerprint = fingerprint(pipe)
         with torch.no_grad():
-            self.c_e = encode_prompts(pipe, [cfg.template.format(c) for c in self.concepts])
+            self.c_e = self.encode([cfg.template.format(c) for c in self.concepts])
             self.uncond = encode_prompts(pipe, [""])
+
+    def encode(self, prompts: Sequence[str]) -> torch.Tensor:
+        """Text embeddings of prompts that may hold the erasure's learned tokens."""
+        return encode_prompts(self.pipe, prompts, self.learned)
 
     # -- model outputs -------------------------------------------------------------------
     @torch.no_grad()
@@ -294,6 +317,11 @@ class Trainer:
                 self.extras[k] = v
         self.iteration, self.log, self.elapsed = ck["iteration"], ck["log"], ck["elapsed"]
 
+    def _learned_info(self) -> dict[str, Any]:
+        if not self.learned:
+            return {}
+        return {"learned": {t: v.detach().cpu().float().tolist() for t, v in self.learned.items()}}
+
     def edit(self, info: dict[str, Any] | None = None) -> Edit:
         return Edit(
             method=self.cfg.name,
@@ -302,7 +330,7 @@ class Trainer:
             base_fingerprint=self.base_fingerprint,
             seed=self.seed,
             tensors={f"unet.{n}": p.detach().cpu().float().clone() for n, p in self.params.items()},
-            info={"seconds": self.elapsed, "log": self.log, **(info or {})},
+            info={"seconds": self.elapsed, "log": self.log, **(info or {}), **self._learned_info()},
         )
 
 

@@ -24,6 +24,7 @@ from unsee.concepts.vocab import adversary_candidates, build_vocabulary
 from unsee.edits import Edit
 from unsee.methods.base import MethodConfig, Run, Trainer, mse, register
 from unsee.methods.esd import esd_target
+from unsee.sampling import Learned
 
 PREDICTOR_DIR = Path(__file__).resolve().parent.parent / "assets" / "impact_predictor"
 
@@ -98,8 +99,8 @@ def build_R(pipe: StableDiffusionPipeline, tr: Trainer, cfg: EAPConfig):
 
 @register("eap", EAPConfig)
 def erase_eap(pipe: StableDiffusionPipeline, concepts: Sequence[str], cfg: EAPConfig, generator: torch.Generator,
-              *, run: Run) -> Edit:  # fmt: skip
-    tr = Trainer(pipe, concepts, cfg, generator, run)
+              *, run: Run, learned: Learned | None = None) -> Edit:  # fmt: skip
+    tr = Trainer(pipe, concepts, cfg, generator, run, learned)
     _, R = build_R(pipe, tr, cfg)
     R_emb = R.embeddings.detach()
     search = cfg.adversary == "search"  # predicted: fixed uniform logits over the predicted concepts

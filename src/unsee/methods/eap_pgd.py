@@ -17,6 +17,7 @@ from unsee.concepts.vocab import build_vocabulary
 from unsee.edits import Edit
 from unsee.methods.base import MethodConfig, Run, Trainer, mse, register
 from unsee.methods.esd import esd_target
+from unsee.sampling import Learned
 
 
 @dataclass
@@ -32,8 +33,8 @@ class EAPPGDConfig(MethodConfig):
 
 @register("eap-pgd", EAPPGDConfig)
 def erase_eap_pgd(pipe: StableDiffusionPipeline, concepts: Sequence[str], cfg: EAPPGDConfig,
-                  generator: torch.Generator, *, run: Run) -> Edit:  # fmt: skip
-    tr = Trainer(pipe, concepts, cfg, generator, run)
+                  generator: torch.Generator, *, run: Run, learned: Learned | None = None) -> Edit:  # fmt: skip
+    tr = Trainer(pipe, concepts, cfg, generator, run, learned)
     vocab = build_vocabulary(pipe, list(cfg.words) or None, template=cfg.template)
     c_a0 = tr.c_e.detach().clone()
     c_a = c_a0.clone().requires_grad_(True)  # one adversary per erased concept

@@ -10,6 +10,7 @@ from diffusers import StableDiffusionPipeline
 
 from unsee.edits import Edit
 from unsee.methods.base import MethodConfig, Run, Trainer, mse, register
+from unsee.sampling import Learned
 
 
 @dataclass
@@ -32,8 +33,8 @@ def esd_loss(tr: Trainer, idx: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor
 
 @register("esd", ESDConfig)
 def erase_esd(pipe: StableDiffusionPipeline, concepts: Sequence[str], cfg: ESDConfig, generator: torch.Generator,
-              *, run: Run) -> Edit:  # fmt: skip
-    tr = Trainer(pipe, concepts, cfg, generator, run)
+              *, run: Run, learned: Learned | None = None) -> Edit:  # fmt: skip
+    tr = Trainer(pipe, concepts, cfg, generator, run, learned)
 
     def step(_: int) -> dict[str, torch.Tensor]:
         loss, *_ = esd_loss(tr, tr.draw_concepts(cfg.batch_size))

@@ -13,13 +13,14 @@ from diffusers import StableDiffusionPipeline
 
 from unsee.edits import Edit
 from unsee.methods.base import MethodConfig, Run, Trainer, mse, register
-from unsee.sampling import encode_prompts
+from unsee.sampling import Learned
 
 
 @dataclass
 class NeutralConfig(MethodConfig):
     c_n: str = ""
-    """The neutral target and preserved concept ("" or e.g. "a picture")."""
+    """The neutral target and preserved concept ("" or e.g. "a picture"; a learned token such as "<clean>"
+    when its concept is passed to ``erase(..., learned=[...])``: c_n* of equation 9)."""
     lambda_: float = 1.0
     c_p: str | None = None
     """A preserved concept other than c_n (None: c_n itself, equation 1 as written); for asking which
@@ -28,11 +29,11 @@ class NeutralConfig(MethodConfig):
 
 @register("neutral", NeutralConfig)
 def erase_neutral(pipe: StableDiffusionPipeline, concepts: Sequence[str], cfg: NeutralConfig,
-                  generator: torch.Generator, *, run: Run) -> Edit:  # fmt: skip
-    tr = Trainer(pipe, concepts, cfg, generator, run)
+                  generator: torch.Generator, *, run: Run, learned: Learned | None = None) -> Edit:  # fmt: skip
+    tr = Trainer(pipe, concepts, cfg, generator, run, learned)
     with torch.no_grad():
-        c_n = encode_prompts(pipe, [cfg.c_n])
-        c_p = None if cfg.c_p is None else encode_prompts(pipe, [cfg.c_p])
+        c_n = tr.encode([cfg.c_n])
+        c_p = None if cfg.c_p is None else tr.encode([cfg.c_p])
 
     def step(_: int) -> dict[str, torch.Tensor]:
         idx = tr.draw_concepts(cfg.batch_size)
