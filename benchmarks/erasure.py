@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import time
 from pathlib import Path
 
@@ -20,11 +21,11 @@ import torch
 from _report import write_report
 from unsee.cli import parse_key_values
 from unsee.methods import erase, make_config
+from unsee.metrics.protocols import SPLITS, Sampling, class_rates, judge_objects, object_scores, style_scores
 from unsee.models import fingerprint, load_pipeline, sampling_defaults
 from unsee.world import OBJECTS, STYLE_WORDS
 from unsee.world.captions import OBJECT_SYNONYMS
 from unsee.world.oracle import load_oracle
-from unsee.world.protocols import SPLITS, Sampling, class_rates, judge_objects, object_scores, style_scores
 
 RESULTS = Path(__file__).parent / "results"
 
@@ -60,7 +61,7 @@ def main() -> None:
     ap.add_argument("--out", default=str(RESULTS / "erasure"))
     ap.add_argument("--style", default=None, help="also run the style protocol erasing this style (e.g. checkered)")
     args = ap.parse_args()
-    torch.set_num_threads(2)
+    torch.set_num_threads(int(os.environ.get("UNSEE_THREADS", "2")))  # 1 when sharing the machine
     common = COMMON | parse_key_values(args.set)
     out = Path(args.out)
     pipe, oracle = load_pipeline("mini"), load_oracle()

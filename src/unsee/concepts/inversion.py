@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import os
 import time
+from collections.abc import Sequence
 from contextlib import nullcontext
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -42,7 +43,7 @@ class InversionConfig:
     lr: float = 5e-3
     batch_size: int = 8
     templates: tuple[str, ...] = TEMPLATES
-    """Prompts the token is trained in; ``{}`` is the token."""
+    """Prompts the token is trained in; ``{}`` is the token (with ``captions``: the image's caption, then the token)."""
 
     def __post_init__(self) -> None:
         for f in ("n_vectors", "steps", "batch_size"):
@@ -102,14 +103,16 @@ def denoising_target(sched: DDIMScheduler, x0: torch.Tensor, noise: torch.Tensor
     return noise
 
 
-def noisy_batch(sched: DDIMScheduler, latents: torch.Tensor, batch_size: int,
-                generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:  # fmt: skip
-    """x_t = sqrt(abar_t) x_0 + sqrt(1 - abar_t) eps for a batch of ``latents`` at uniform t; returns (x_t, t, target)."""
+def noisy_batch(sched: DDIMScheduler, latents: torch.Tensor, batch_size: int, generator: torch.Generator,
+                return_index: bool = False) -> tuple[torch.Tensor, ...]:  # fmt: skip
+    """x_t = sqrt(abar_t) x_0 + sqrt(1 - abar_t) eps for a batch of ``latents`` at uniform t; returns (x_t, t, target)
+    and, with ``return_index``, which latents were drawn."""
     idx = torch.randint(len(latents), (batch_size,), generator=generator)
     t = torch.randint(len(sched.alphas_cumprod), (batch_size,), generator=generator)
     x0 = latents[idx]
     noise = torch.randn(x0.shape, generator=generator)
-    return sched.add_noise(x0, noise, t), t, denoising_target(sched, x0, noise, t)
+    out = (sched.add_noise(x0, noise, t), t, denoising_target(sched, x0, noise, t))
+    return (*out, idx) if return_index else out
 
 
 def denoising_loss(pipe: StableDiffusionPipeline, x_t: torch.Tensor, t: torch.Tensor, cond: torch.Tensor,
@@ -129,13 +132,19 @@ def invert(
     edit: Edit | None = None,
     run: InversionRun | None = None,
     force: bool = False,
+    captions: Sequence[str] | None = None,
 ) -> LearnedConcept:
     """Learn ``cfg.token`` from ``images`` ``(N, 3, H, W)`` in [0, 1] through ``pipe`` (with ``edit`` applied).
 
-    ``pipe`` is left unchanged; ``force`` applies an edit made for another base model.
+    ``captions`` (optional, one per image) say what else each image shows, e.g. ``"a red circle"``; the
+    token is trained after them ("a red circle <frame>"), so it learns what the captions do not say and
+    keeps working beside other words. ``pipe`` is left unchanged; ``force`` applies an edit made for
+    another base model.
     """
     if images.ndim != 4 or images.shape[1] != 3 or len(images) == 0:
         raise ValueError(f"`images` must be a non-empty (N, 3, H, W) batch, got shape {tuple(images.shape)}")
+    if captions is not None and len(captions) != len(images):
+        raise ValueError(f"`captions` must hold one caption per image: {len(captions)} for {len(images)} images")
     check_new_token(pipe.tokenizer, cfg.token)
     g = generator if generator is not None else torch.Generator().manual_seed(0)
     run = run or InversionRun(progress=False)
@@ -166,9 +175,11 @@ def invert(
     with ctx:
         model_fp = fingerprint(pipe) if edit is not None else base_fp
         while state["step"] < cfg.steps:
-            x_t, t, target = noisy_batch(sched, latents, cfg.batch_size, g)
+            x_t, t, target, idx = noisy_batch(sched, latents, cfg.batch_size, g, return_index=True)
             tpl = torch.randint(len(cfg.templates), (cfg.batch_size,), generator=g)
-            cond = encode_prompts(pipe, [cfg.templates[int(i)].format(cfg.token) for i in tpl], {cfg.token: vectors})
+            words = [cfg.token if captions is None else f"{captions[int(i)]} {cfg.token}".strip() for i in idx]
+            prompts = [cfg.templates[int(i)].format(w) for i, w in zip(tpl, words)]
+            cond = encode_prompts(pipe, prompts, {cfg.token: vectors})
             loss = denoising_loss(pipe, x_t, t, cond, target)
             if not torch.isfinite(loss):
                 raise FloatingPointError(f"inversion loss is {loss.item()} at step {state['step']}; lower `lr` (now {cfg.lr})")
@@ -188,9 +199,10 @@ def invert(
                             **state}, ck_path.with_suffix(".tmp"))  # fmt: skip
                 os.replace(ck_path.with_suffix(".tmp"), ck_path)
     bar.close()
+    settings = cfg.to_dict() | {"seed": seed, "images": len(images), "captions": captions is not None}
     return LearnedConcept(token=cfg.token, embeddings=vectors.detach().cpu().float().clone(), base_fingerprint=base_fp,
-                          model_fingerprint=model_fp, settings=cfg.to_dict() | {"seed": seed, "images": len(images)},
-                          edit=_edit_meta(edit), info={"seconds": state["elapsed"], "log": state["log"]})  # fmt: skip
+                          model_fingerprint=model_fp, settings=settings, edit=_edit_meta(edit),
+                          info={"seconds": state["elapsed"], "log": state["log"]})  # fmt: skip
 
 
 def _edit_meta(edit: Edit | None) -> dict[str, Any] | None:

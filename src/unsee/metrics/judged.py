@@ -18,7 +18,7 @@ from tqdm.auto import tqdm
 
 from unsee.judges import Judge, topk
 from unsee.models import sampling_defaults
-from unsee.sampling import check_sampling, ddim, decode, denoise, encode_prompts, latent_shape
+from unsee.sampling import Learned, check_sampling, ddim, decode, denoise, encode_prompts, latent_shape
 
 AGREEMENT_FLOOR = 0.8
 """Below this top-1 agreement of two judges on a class's generated images, the class is flagged."""
@@ -66,6 +66,7 @@ def prompt_images(
     guidance_scale: float | None = None,
     batch_size: int = 64,
     progress: bool = False,
+    learned: Learned | None = None,
 ) -> list[torch.Tensor]:
     """``n`` images per prompt ``(n, 3, H, W)`` in [0, 1]; prompt i's z_T comes from seed ``seed + i``.
 
@@ -84,7 +85,7 @@ def prompt_images(
     for s in tqdm(range(0, len(jobs), batch_size), desc="sampling", disable=not progress):
         chunk = jobs[s : s + batch_size]
         z = torch.stack([latents[i][j] for i, j in chunk])
-        cond = encode_prompts(pipe, [prompts[i] for i, _ in chunk])
+        cond = encode_prompts(pipe, [prompts[i] for i, _ in chunk], learned)
         sched = ddim(pipe, steps)
         z = denoise(pipe.unet, sched, z, cond, neg.expand(len(chunk), -1, -1), guidance_scale, sched.timesteps)
         for (i, _), im in zip(chunk, decode(pipe, z)):
@@ -107,13 +108,14 @@ def judge_prompts(
     keep_images: bool = False,
     progress: bool = False,
     check: Judge | None = None,
+    learned: Learned | None = None,
 ) -> list[PromptResult]:
     """Generate ``n`` images per prompt (prompt i seeded ``seed + i``) and read them with ``judge``
     (top-``k``), and with ``check`` (top-1), a second judge of the same groups, when given."""
     if check is not None:
         same_groups(judge, check)
     images = prompt_images(pipe, prompts, n=n, seed=seed, steps=steps, guidance_scale=guidance_scale,
-                           batch_size=batch_size, progress=progress)  # fmt: skip
+                           batch_size=batch_size, progress=progress, learned=learned)  # fmt: skip
     return [PromptResult(p, topk(judge, ims, k), ims if keep_images else None,
                          topk(check, ims, 1) if check is not None else None)
             for p, ims in zip(prompts, images)]  # fmt: skip

@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from unsee.world.captions import OBJECT_SYNONYMS, STYLE_WORDS
+from unsee.world.captions import OBJECT_SYNONYMS, STYLE_WORDS, with_article
 from unsee.world.render import BACKGROUNDS, COLOUR_NAMES, HIDDEN_CONCEPT, IMAGE_SIZE, OBJECTS, Scene, render, sample_scene
 
 # Word -> (kind, the world's name); kinds are the oracle's groups.
@@ -129,3 +129,16 @@ def write_concept_images(
         title = f"{'without ' if without else ''}{c.word} ({c.kind}), seed {seed}: {len(shown)} of {n}"
         image_grid(np.stack([render(s) for s in shown]), labels, cols=8, title=title).save(out / "preview" / "grid.png")
     return out
+
+
+def caption_without(scene: Scene, concept: str | WorldConcept) -> str:
+    """What a scene shows but ``concept``, as words ("a red circle", "a red" for the circle itself): the captions
+    textual inversion trains a token beside, so that the token learns the concept and nothing else."""
+    c = concept if isinstance(concept, WorldConcept) else world_concept(concept)
+    parts = []
+    for t in scene.things:
+        colour = "" if c.kind == "colour" and t.colour == c.name else t.colour
+        obj = "" if c.kind == "object" and t.obj == c.name else t.obj
+        words = " ".join(w for w in (colour, obj) if w)
+        parts.append(with_article(words) if words else "")
+    return " and ".join(p for p in parts if p)
