@@ -21,11 +21,11 @@ import torch
 from _report import write_report
 from unsee.cli import parse_key_values
 from unsee.methods import erase, make_config
-from unsee.metrics.protocols import SPLITS, Sampling, class_rates, judge_objects, object_scores, style_scores
 from unsee.models import fingerprint, load_pipeline, sampling_defaults
 from unsee.world import OBJECTS, STYLE_WORDS
 from unsee.world.captions import OBJECT_SYNONYMS
 from unsee.world.oracle import load_oracle
+from unsee.world.protocols import SPLITS, Sampling, class_rates, judge_objects, object_scores, style_scores
 
 RESULTS = Path(__file__).parent / "results"
 
