@@ -215,6 +215,7 @@ def _erase(args: argparse.Namespace) -> None:
 
     import torch
 
+    from unsee.concepts.learned import learned_tokens
     from unsee.images import image_grid
     from unsee.methods import Run, erase, make_config
     from unsee.models import load_pipeline, sampling_defaults
@@ -225,10 +226,12 @@ def _erase(args: argparse.Namespace) -> None:
         if getattr(args, name) is not None:
             overrides[name] = getattr(args, name)
     cfg = make_config(args.method, **overrides)
+    concepts, learned = learned_concepts(args.concept, args.learned or [])
     pipe = load_pipeline(args.model, device=args.device)
     out = Path(args.out)
     g = torch.Generator().manual_seed(args.seed)
-    edit = erase(pipe, args.concept, cfg, g, run=Run(out, args.checkpoint_every, args.resume, progress=True))
+    edit = erase(pipe, concepts, cfg, g, run=Run(out, args.checkpoint_every, args.resume, progress=True), learned=learned,
+                 force=args.force)  # fmt: skip
     edit.save(out)
     (out / "command.json").write_text(json.dumps(vars(args) | {"func": None}, indent=2, default=str))
     print(f"edit written to {out} ({edit.num_changed:,} changed weights, {edit.info['seconds']:.0f} s)")
@@ -239,15 +242,37 @@ def _erase(args: argparse.Namespace) -> None:
     n = 4
     batch = [p for p in prompts for _ in range(n)]
     seed = lambda: torch.Generator(args.device).manual_seed(args.seed)  # noqa: E731
-    before = sample(pipe, batch, steps=d.steps, guidance_scale=d.guidance_scale, generator=seed())
+    tokens = learned_tokens([c for c in concepts if not isinstance(c, str)] + learned)
+    kw = dict(steps=d.steps, guidance_scale=d.guidance_scale, learned=tokens)
+    before = sample(pipe, batch, generator=seed(), **kw)
     with edit.applied(pipe):
-        after = sample(pipe, batch, steps=d.steps, guidance_scale=d.guidance_scale, generator=seed())
+        after = sample(pipe, batch, generator=seed(), **kw)
     rows = [im for i in range(len(prompts)) for im in (before[i * n : (i + 1) * n], after[i * n : (i + 1) * n])]
     labels = [f"{tag}: {p}" for p in prompts for tag in ("before", "after")]
     grid = image_grid(torch.cat(rows), cols=n, cell=96, row_labels=labels,
                       title=f"{args.method} erasing {', '.join(args.concept)} (same seeds before and after)")  # fmt: skip
     grid.save(out / "before_after.png")
     print(f"before/after grid: {out / 'before_after.png'}")
+
+
+def learned_concepts(names: list[str], folders: list[str]) -> tuple[list, list]:
+    """``--concept`` names and ``--learned`` folders as erase()'s ``concepts`` and ``learned``: a name that is a
+    learned concept's token becomes that concept; learned concepts no --concept names go to ``learned``."""
+    from unsee.concepts.learned import TOKEN_LIKE, LearnedConcept
+
+    loaded = [LearnedConcept.load(f) for f in folders]
+    by_token = {c.token: c for c in loaded}
+    concepts = []
+    for name in names:
+        if name in by_token:
+            concepts.append(by_token[name])
+        elif TOKEN_LIKE.fullmatch(name.strip()):
+            have = f"the --learned concepts are {', '.join(by_token)}" if by_token else "no --learned concept was given"
+            raise ValueError(f"--concept {name!r} looks like a learned token, but {have}; pass the folder "
+                             f"`unsee invert --token {name!r}` wrote with --learned DIR")  # fmt: skip
+        else:
+            concepts.append(name)
+    return concepts, [c for c in loaded if c.token not in names]
 
 
 def _preview_prompts(model: str, concepts: list[str]) -> list[str]:
@@ -265,7 +290,12 @@ def _add_erase(sub: argparse._SubParsersAction) -> None:
     er = sub.add_parser("erase", help="erase concepts; writes an edit folder and a before/after grid")
     er.add_argument("--model", default="mini")
     er.add_argument("--method", default="eap", choices=methods())
-    er.add_argument("--concept", action="append", required=True, help="repeat to erase several at once")
+    er.add_argument("--concept", action="append", required=True,
+                    help="repeat to erase several at once; a --learned concept's token erases that concept")  # fmt: skip
+    er.add_argument("--learned", action="append", default=None, metavar="DIR",
+                    help="a learned concept (unsee invert --out DIR), erased when --concept names its token, else "
+                    'a token the method\'s prompts may use (e.g. --set c_n="<clean>"); repeatable')  # fmt: skip
+    er.add_argument("--force", action="store_true", help="accept learned concepts made on another base model")
     er.add_argument("--out", required=True, help="edit folder (edit.safetensors, edit.json, checkpoint.pt)")
     er.add_argument("--seed", type=int, default=0)
     er.add_argument("--iterations", type=int, default=None)
@@ -283,6 +313,246 @@ def _add_erase(sub: argparse._SubParsersAction) -> None:
     er.add_argument("--no-preview", action="store_true")
     er.add_argument("--device", default="cpu")
     er.set_defaults(func=_erase)
+
+
+def _model_images(pipe, folder: str, flag: str = "--images"):
+    """An image folder at the model's resolution; load_image_folder's errors name the flag."""
+    from unsee.images import load_image_folder
+
+    size = pipe.vae_scale_factor * pipe.unet.config.sample_size
+    try:
+        return load_image_folder(folder, size)
+    except ValueError as e:
+        raise ValueError(f"{flag}: {e} (the model draws {size}x{size})") from e
+
+
+def _invert(args: argparse.Namespace) -> None:
+    import torch
+
+    from unsee.concepts.inversion import TEMPLATES, InversionConfig, InversionRun, invert
+    from unsee.concepts.learned import check_new_token
+    from unsee.models import load_pipeline
+
+    cfg = InversionConfig(token=args.token, n_vectors=args.vectors, init_word=args.init_word, steps=args.steps, lr=args.lr,
+                          batch_size=args.batch_size, templates=tuple(args.template or TEMPLATES))  # fmt: skip
+    edit = None
+    if args.edit:
+        from unsee.edits import Edit
+
+        edit = Edit.load(args.edit)
+    pipe = load_pipeline(args.model, device=args.device)
+    check_new_token(pipe.tokenizer, cfg.token)  # before the images: the cheaper mistake first
+    images = _model_images(pipe, args.images)
+    out = Path(args.out)
+    g = torch.Generator().manual_seed(args.seed)
+    run = InversionRun(out, args.checkpoint_every, args.resume, progress=True)
+    concept = invert(pipe, images, cfg, g, edit=edit, run=run, force=args.force)
+    concept.save(out)
+    loss = concept.info["log"][-1]["loss"] if concept.info.get("log") else float("nan")
+    through = f" through the edit {args.edit}" if edit is not None else ""
+    print(f"learned {concept.token} ({concept.n_vectors} vector{'s' * (concept.n_vectors > 1)}) from {len(images)} images"
+          f"{through} in {concept.info['seconds']:.0f} s (final loss {loss:.4f}); written to {out}/ "
+          f"(learned_embeds.safetensors, concept.json)")  # fmt: skip
+    if (out / "checkpoint.pt").exists():
+        print(f"checkpoint: {out / 'checkpoint.pt'} (--resume continues from it)")
+    if args.no_preview:
+        return
+    path = invert_preview(pipe, args.model, concept, images, edit, out / "preview.png", seed=args.seed, device=args.device,
+                          force=args.force)  # fmt: skip
+    print(f"preview (training images, then images drawn with {concept.token}, same seeds): {path}")
+
+
+def invert_preview(pipe, model: str, concept, images, edit, path: Path, *, seed: int = 0, n: int = 4,
+                   device: str = "cpu", force: bool = False) -> Path:  # fmt: skip
+    """A labelled grid: ``n`` training images, then ``n`` images per prompt with the learned token from the base
+    model (and the edited one), every row from the same seeds."""
+    import torch
+
+    from unsee.images import image_grid
+    from unsee.models import sampling_defaults
+    from unsee.sampling import sample
+
+    d = sampling_defaults(model)
+    prompts = [concept.token, f"a {concept.token}"]
+    batch = [p for p in prompts for _ in range(n)]
+
+    def draw() -> torch.Tensor:
+        return sample(pipe, batch, steps=d.steps, guidance_scale=d.guidance_scale, learned=concept.tokens,
+                      generator=torch.Generator(device).manual_seed(seed))  # fmt: skip
+
+    rows = [images[:n].float()]
+    labels = ["training images"]
+    models = [("base", draw())]
+    if edit is not None:
+        with edit.applied(pipe, force=force):
+            models.append(("edited", draw()))
+    for tag, x in models:
+        for i, p in enumerate(prompts):
+            rows.append(x[i * n : (i + 1) * n].cpu())
+            labels.append(f'{tag}: "{p}"')
+    cells = [im for row in rows for im in list(row) + [torch.ones_like(rows[0][0])] * (n - len(row))]
+    grid = image_grid(torch.stack(cells), cols=n, cell=96, row_labels=labels,
+                      title=f"{concept.token} on {model}: {d.steps} steps, guidance {d.guidance_scale}, seed {seed}")  # fmt: skip
+    path.parent.mkdir(parents=True, exist_ok=True)
+    grid.save(path)
+    return path
+
+
+def _add_invert(sub: argparse._SubParsersAction) -> None:
+    from unsee.concepts.inversion import InversionConfig
+
+    d = InversionConfig()
+    inv = sub.add_parser("invert", help="learn a new token from images of a concept (textual inversion); writes a learned "
+                         "concept folder that unsee erase --learned and diffusers' load_textual_inversion read")  # fmt: skip
+    inv.add_argument("--model", default="mini")
+    inv.add_argument("--edit", default=None, help="learn through this edit (the inversion attack on an erased model)")
+    inv.add_argument("--images", required=True, help="folder of images of the concept, at the model's resolution")
+    inv.add_argument("--token", required=True, help='the new token, e.g. "<frame>" (one the tokenizer does not know)')
+    inv.add_argument("--out", required=True, help="folder (learned_embeds.safetensors, concept.json, checkpoint.pt, preview.png)")
+    inv.add_argument("--vectors", type=int, default=d.n_vectors, help="input vectors the token stands for")
+    inv.add_argument("--init-word", default=d.init_word, help="start at this word's embedding (default: the vocabulary's mean)")
+    inv.add_argument("--steps", type=int, default=d.steps, help="optimisation steps")
+    inv.add_argument("--lr", type=float, default=d.lr)
+    inv.add_argument("--batch-size", type=int, default=d.batch_size, help="images per step")
+    shown = ", ".join(repr(t) for t in d.templates)
+    inv.add_argument("--template", action="append", default=None,
+                     help=f'prompt the token is trained in, "{{}}" for the token; repeatable (default: {shown})')  # fmt: skip
+    inv.add_argument("--seed", type=int, default=0)
+    inv.add_argument("--checkpoint-every", type=int, default=100)
+    inv.add_argument("--resume", action="store_true", help="continue from OUT/checkpoint.pt")
+    inv.add_argument("--force", action="store_true", help="apply an edit made for another base model")
+    inv.add_argument("--no-preview", action="store_true")
+    inv.add_argument("--device", default="cpu")
+    inv.set_defaults(func=_invert)
+
+
+def _attack(args: argparse.Namespace) -> None:
+    import json
+
+    import torch
+
+    from unsee.attacks import AttackRun, attack, make_config
+    from unsee.edits import Edit
+    from unsee.models import load_pipeline
+
+    overrides = parse_key_values(args.set)
+    if args.n is not None:
+        overrides["n"] = args.n
+    cfg = make_config(args.method, **overrides)
+    judge_name = args.judge or ("oracle" if args.model == "mini" else None)
+    if judge_name is None:
+        raise ValueError(f"an attack needs a judge that tells whether images show {args.concept!r}, and the command "
+                         "line has only the mini world's (--judge oracle or judge2, for models of that world); on "
+                         "other models call unsee.attacks.attack() from Python with any unsee.judges.Judge")  # fmt: skip
+    from unsee.world.attacks import attack_target
+    from unsee.world.concepts import world_concept
+
+    world_concept(args.concept)  # a one-line error before loading anything
+    edit = Edit.load(args.edit)
+    pipe = load_pipeline(args.model, device=args.device)
+    out = Path(args.out)
+    if args.images is not None:
+        images = _model_images(pipe, args.images)
+    else:
+        images = _model_images(pipe, str(_world_images(args.concept, out / "images", args.n_images, args.seed)))
+    if judge_name == "oracle":
+        from unsee.world.oracle import load_oracle
+
+        judge = load_oracle()
+    else:
+        from unsee.world.judge2 import load_judge2
+
+        judge = load_judge2()
+    target = attack_target(args.concept, images, n_prompts=args.prompts, judge=judge)
+    g = torch.Generator().manual_seed(args.seed)
+    result = attack(pipe, edit, target, cfg, g, run=AttackRun(out, args.checkpoint_every, args.resume, progress=True),
+                    force=args.force, keep_images=True)  # fmt: skip
+    result.save(out)
+    (out / "command.json").write_text(json.dumps(vars(args) | {"func": None}, indent=2, default=str))
+    s = result.summary()
+    print(f"{args.method} attack on {edit.method} erasing {', '.join(edit.concepts)}: {args.concept!r} read as "
+          f"{target.judge_label!r} by the {judge_name}, {len(result.prompts)} prompts x {cfg.n} seeds")  # fmt: skip
+    print("| measure | value |\n|---|---|")
+    for key, what in (("base_rate", "base model (plain prompts)"), ("asr_unattacked", "erased, unattacked"),
+                      ("attacked_rate", "erased, attacked prompts"), ("asr", "ASR (unattacked or attacked)")):  # fmt: skip
+        print(f"| {what} | {s[key]:.1%} |")
+    print(f"| search / evaluation | {s['seconds']:.0f} s / {s['eval_seconds']:.0f} s |")
+    print(
+        f"adversarial prompt: {result.adversarial_prompts[0][0]!r}"
+        + (f" (+{len(result.adversarial_prompts[0]) - 1} variants)" if len(result.adversarial_prompts[0]) > 1 else "")
+    )
+    grid = attack_grid(result, out / "grid.png", n_show=args.grid_prompts)
+    print(
+        f"wrote {out / 'attack.json'} and {grid} (base, erased and attacked rows, same seeds)"
+        + (f"; the learned token in {out / 'learned'}/" if result.learned is not None else "")
+    )
+
+
+def _world_images(concept: str, folder: Path, n: int, seed: int) -> Path:
+    """D_c of a world concept rendered into ``folder`` (reused when a previous run wrote the same set there)."""
+    import json
+
+    from unsee.world.concepts import world_concept, write_concept_images
+
+    meta = folder / "concept.json"
+    if meta.exists():
+        m = json.loads(meta.read_text())
+        if (m.get("concept"), m.get("n"), m.get("seed"), m.get("without")) == (world_concept(concept).word, n, seed, False):
+            return folder
+    return write_concept_images(concept, folder, n, seed)
+
+
+def attack_grid(result, path: Path, n_show: int = 3, cols: int = 8) -> Path:
+    """Per prompt (the first ``n_show``): the base model, the erased model unattacked and attacked, same seeds."""
+    import torch
+
+    from unsee.images import image_grid
+
+    n = len(result.hits_base[0])
+    k = min(n, cols)
+    cells, labels = [], []
+    for i, prompt in enumerate(result.prompts[:n_show]):
+        adv = result.adversarial_prompts[i][0]
+        for tag, key, hits, text in (("base", "base", result.hits_base, prompt),
+                                     ("erased", "unattacked", result.hits_unattacked, prompt),
+                                     ("attacked", "attacked", result.hits_attacked, adv)):  # fmt: skip
+            x = result.images[key][i * n : i * n + k]
+            cells.append(x.cpu())
+            labels.append(f'{tag}: "{text}" ({sum(hits[i])}/{n})')
+    erased = ", ".join(result.edit["concepts"])
+    grid = image_grid(torch.cat(cells), cols=k, cell=96, row_labels=labels,
+                      title=f"{result.attack} vs {result.edit['method']} ({erased}): ASR {result.asr:.0%}")  # fmt: skip
+    path.parent.mkdir(parents=True, exist_ok=True)
+    grid.save(path)
+    return path
+
+
+def _add_attack(sub: argparse._SubParsersAction) -> None:
+    from unsee.attacks import attacks
+
+    at = sub.add_parser("attack", help="attack an erased model to bring its concept back; writes attack.json (ASR) and "
+                        "a grid of base, erased and attacked images")  # fmt: skip
+    at.add_argument("--model", default="mini")
+    at.add_argument("--edit", required=True, help="the erasure to attack (unsee erase --out)")
+    at.add_argument("--method", default="inversion", choices=attacks())
+    at.add_argument("--concept", required=True, help="the erased concept, as the world names it (circle, disk, red, ...)")
+    at.add_argument("--out", required=True, help="folder (attack.json, grid.png, images/, learned/, checkpoint.pt)")
+    at.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="any attack setting")
+    at.add_argument("--n", type=int, default=None, help="seeds per evaluation prompt")
+    at.add_argument("--prompts", type=int, default=4, help="evaluation prompts (the world's colours etc.)")
+    at.add_argument("--images", default=None,
+                    help="images of the concept for the attacks that learn from them (default: N-IMAGES rendered "
+                    "world images in OUT/images)")  # fmt: skip
+    at.add_argument("--n-images", type=int, default=32, help="world images rendered when --images is not given")
+    at.add_argument("--judge", choices=("oracle", "judge2"), default=None,
+                    help="the world's judge that reads the concept (default: the oracle on --model mini)")  # fmt: skip
+    at.add_argument("--grid-prompts", type=int, default=3, help="prompts shown in grid.png")
+    at.add_argument("--seed", type=int, default=0)
+    at.add_argument("--checkpoint-every", type=int, default=50)
+    at.add_argument("--resume", action="store_true", help="continue from OUT/checkpoint.pt")
+    at.add_argument("--force", action="store_true", help="attack an edit made for another base model")
+    at.add_argument("--device", default="cpu")
+    at.set_defaults(func=_attack)
 
 
 def _apply(args: argparse.Namespace) -> None:
@@ -456,7 +726,9 @@ def build_parser() -> argparse.ArgumentParser:
     gen.add_argument("--edit", default=None, help="apply this edit folder first")
     gen.add_argument("--force", action="store_true", help="apply an edit made for another base model")
     gen.set_defaults(func=_generate)
+    _add_invert(sub)
     _add_erase(sub)
+    _add_attack(sub)
     _add_apply(sub)
     _add_evaluate(sub)
     _add_spectrum(sub)
@@ -474,6 +746,9 @@ PARAM_FLAGS = {
     "guidance_scale": "--guidance",
     "run.dir": "--out",
     "out": "--out",
+    "n_vectors": "--vectors",
+    "templates": "--template",
+    "n_prompts": "--prompts",
 }
 QUOTES = "'\""
 SET_VALUES = {"True": "true", "False": "false", None: "VALUE"}  # --set reads JSON

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -139,3 +140,14 @@ def check_learned(pipe: StableDiffusionPipeline, concepts: Sequence[LearnedConce
     for c in concepts:
         c.check(pipe, force=force)
         check_new_token(pipe.tokenizer, c.token)
+
+
+TOKEN_LIKE = re.compile(r"<[^<>\s]+>")
+"""How a learned token is usually spelled: ``<frame>``, ``<clean>``."""
+
+
+def unknown_tokens(text: str, known: Iterable[str]) -> list[str]:
+    """The ``<...>`` pieces of ``text`` that are none of the ``known`` learned tokens: a learned concept left out
+    (the tokenizer would split ``"<clean>"`` into characters and prompt with those instead)."""
+    known = set(known)
+    return [m for m in TOKEN_LIKE.findall(text) if m not in known]

@@ -11,6 +11,7 @@ from dataclasses import dataclass
 import torch
 from diffusers import StableDiffusionPipeline
 
+from unsee.concepts.learned import unknown_tokens
 from unsee.edits import Edit
 from unsee.methods.base import MethodConfig, Run, Trainer, mse, register
 from unsee.sampling import Learned
@@ -30,6 +31,13 @@ class NeutralConfig(MethodConfig):
 @register("neutral", NeutralConfig)
 def erase_neutral(pipe: StableDiffusionPipeline, concepts: Sequence[str], cfg: NeutralConfig,
                   generator: torch.Generator, *, run: Run, learned: Learned | None = None) -> Edit:  # fmt: skip
+    for name in ("c_n", "c_p"):
+        text = getattr(cfg, name)
+        missing = [] if text is None else unknown_tokens(text, learned or {})
+        if missing:
+            given = ", ".join(learned or {}) or "none"
+            raise ValueError(f"{name}={text!r} holds the token {missing[0]!r}, which no learned concept given has "
+                             f"(given: {given}); pass the concept learned for it in `learned`")  # fmt: skip
     tr = Trainer(pipe, concepts, cfg, generator, run, learned)
     with torch.no_grad():
         c_n = tr.encode([cfg.c_n])
