@@ -191,3 +191,135 @@ def test_key_value_pairs_parse_as_json_where_they_can():
     assert got == {"lr": 1e-3, "unet_channels": (32, 64), "clip_sample": True, "timestep_spacing": "trailing"}
     with pytest.raises(ValueError, match="--scheduler takes key=value"):
         parse_key_values(["steps_offset"], "--scheduler")
+
+
+@pytest.fixture
+def quick_previews(monkeypatch):
+    """Previews sampled in 2 steps (the commands read the model's sampling defaults at call time)."""
+    import unsee.models
+    from unsee.models import SamplingDefaults
+
+    monkeypatch.setattr(unsee.models, "sampling_defaults", lambda model="mini": SamplingDefaults(steps=2, guidance_scale=6.0))
+
+
+def test_invert_then_erase_the_learned_concept_end_to_end(tmp_path, capsys, quick_previews):
+    frames, clean_ims = tmp_path / "frames", tmp_path / "clean_ims"
+    assert main(["world", "sample", "--concept", "frame", "--n", "4", "--out", str(frames)]) == 0
+    assert main(["world", "sample", "--concept", "frame", "--without", "--n", "4", "--out", str(clean_ims)]) == 0
+    frame, clean = tmp_path / "concepts" / "frame", tmp_path / "concepts" / "clean"
+    assert main(["invert", "--model", "mini", "--images", str(frames), "--token", "<frame>", "--out", str(frame),
+                 "--steps", "2", "--batch-size", "2", "--vectors", "2", "--init-word", "circle", "--lr", "0.01",
+                 "--template", "a {}", "--template", "{} shape", "--checkpoint-every", "1", "--seed", "1"]) == 0  # fmt: skip
+    out = capsys.readouterr().out
+    assert "learned <frame> (2 vectors) from 4 images" in out and str(frame / "preview.png") in out
+    for name in ("learned_embeds.safetensors", "concept.json", "checkpoint.pt", "preview.png"):
+        assert (frame / name).exists(), name
+    meta = json.loads((frame / "concept.json").read_text())
+    assert meta["token"] == "<frame>" and meta["n_vectors"] == 2
+    s = meta["settings"]
+    assert (s["steps"], s["batch_size"], s["init_word"], s["lr"], s["templates"], s["seed"]) == (
+        2, 2, "circle", 0.01, ["a {}", "{} shape"], 1)  # fmt: skip
+    # rows: the training images, then two prompts from the base model, 4 cells of 96 px each
+    assert Image.open(frame / "preview.png").width >= 4 * 96
+    assert main(["invert", "--images", str(clean_ims), "--token", "<clean>", "--out", str(clean), "--steps", "1",
+                 "--batch-size", "1", "--no-preview"]) == 0  # fmt: skip
+    assert not (clean / "preview.png").exists()
+    # the frame erased through its token, towards the learned neutral <clean>
+    edit = tmp_path / "edit"
+    assert main(["erase", "--method", "neutral", "--concept", "<frame>", "--learned", str(frame), "--learned", str(clean),
+                 "--set", "c_n=<clean>", "--out", str(edit), "--iterations", "2", "--set", "batch_size=1",
+                 "--set", "ddim_steps=2"]) == 0  # fmt: skip
+    meta = json.loads((edit / "edit.json").read_text())
+    assert meta["concepts"] == ["<frame>"] and meta["config"]["c_n"] == "<clean>"
+    assert set(meta["info"]["learned"]) == {"<frame>", "<clean>"}
+    assert (edit / "before_after.png").exists()
+    # and an inversion through the edit: the preview adds the edited model's rows
+    again = tmp_path / "concepts" / "frame-attacked"
+    assert main(["invert", "--edit", str(edit), "--images", str(frames), "--token", "<frame2>", "--out", str(again),
+                 "--steps", "1", "--batch-size", "1"]) == 0  # fmt: skip
+    assert json.loads((again / "concept.json").read_text())["edit"]["concepts"] == ["<frame>"]
+    assert Image.open(again / "preview.png").height > Image.open(frame / "preview.png").height
+
+
+def test_invert_and_erase_refuse_bad_input_in_one_line(tmp_path, capsys):
+    empty, bad, big = tmp_path / "empty", tmp_path / "bad", tmp_path / "big"
+    for d in (empty, bad, big):
+        d.mkdir()
+    (bad / "0.png").write_bytes(b"not an image")
+    Image.new("RGB", (64, 64)).save(big / "0.png")
+    cases = [(empty, "<frame>", "--images: no images in"), (bad, "<frame>", "--images: cannot read"),
+             (big, "<frame>", "not the expected 32x32; resize the images to 32x32 first (the model draws 32x32)"),
+             (big, "circle", "the tokenizer already knows 'circle'; pick a new --token")]  # fmt: skip
+    for folder, token, message in cases:
+        out = tmp_path / "out"
+        assert main(["invert", "--images", str(folder), "--token", token, "--out", str(out), "--steps", "1"]) == 2
+        err = capsys.readouterr().err.strip()
+        assert err.startswith("unsee: error: ") and message in err and "\n" not in err, err
+        assert not out.exists()
+    # a token-like --concept with no --learned concept for it
+    assert main(["erase", "--concept", "<frame>", "--out", str(tmp_path / "e")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "--concept '<frame>' looks like a learned token, but no --learned concept was given" in err and "\n" not in err
+    assert main(["erase", "--concept", "<x>", "--learned", str(tmp_path / "none"), "--out", str(tmp_path / "e")]) == 2
+    assert "no learned concept at" in capsys.readouterr().err
+    # a neutral target naming a learned token that was not passed
+    assert main(["erase", "--method", "neutral", "--concept", "circle", "--set", "c_n=<clean>", "--out",
+                 str(tmp_path / "e"), "--no-preview"]) == 2  # fmt: skip
+    err = capsys.readouterr().err.strip()
+    assert "c_n='<clean>' holds the token '<clean>'" in err and err.endswith("in --learned")
+
+
+def test_attack_end_to_end_on_the_mini_model(tmp_path, capsys):
+    edit, out = tmp_path / "edit", tmp_path / "attack"
+    assert main(["erase", "--method", "esd", "--concept", "circle", "--out", str(edit), "--iterations", "1",
+                 "--set", "batch_size=1", "--set", "ddim_steps=2", "--no-preview"]) == 0  # fmt: skip
+    capsys.readouterr()
+    assert main(["attack", "--model", "mini", "--edit", str(edit), "--method", "inversion", "--concept", "circle",
+                 "--out", str(out), "--n", "2", "--prompts", "2", "--n-images", "4", "--set", "inversion_steps=2",
+                 "--set", "batch_size=1", "--set", "steps=2", "--checkpoint-every", "1"]) == 0  # fmt: skip
+    printed = capsys.readouterr().out
+    assert "| ASR (unattacked or attacked) |" in printed and "'a red <adv>'" in printed
+    r = json.loads((out / "attack.json").read_text())
+    assert r["attack"] == "inversion" and r["concept"] == "circle" and r["label"] == "circle"
+    assert r["prompts"] == ["a red circle", "an orange circle"] and r["config"]["n"] == 2
+    assert r["config"]["inversion_steps"] == 2 and r["config"]["steps"] == 2 and 0 <= r["summary"]["asr"] <= 1
+    assert len(list((out / "images").glob("*.png"))) == 4 and (out / "learned" / "learned_embeds.safetensors").exists()
+    assert (out / "checkpoint.pt").exists()
+    grid = Image.open(out / "grid.png")  # 3 rows (base, erased, attacked) for each of the 2 prompts, 2 seeds each
+    assert grid.width >= 2 * 96 and grid.height >= 6 * 96
+    # the synonym attack with another judge, on the images already rendered there
+    assert main(["attack", "--edit", str(edit), "--method", "synonym", "--concept", "circle", "--out", str(out),
+                 "--n", "1", "--prompts", "1", "--n-images", "4", "--set", "steps=2", "--judge", "judge2"]) == 0  # fmt: skip
+    assert json.loads((out / "attack.json").read_text())["adversarial_prompts"] == [["a red disk"]]
+
+
+def test_attack_refuses_what_it_cannot_do_in_one_line(tmp_path, capsys, tiny_pipe):
+    import torch
+
+    from unsee.methods import erase, make_config
+
+    other = tmp_path / "other-edit"
+    erase(tiny_pipe, ["circle"], make_config("esd", iterations=1, batch_size=1, ddim_steps=2),
+          torch.Generator().manual_seed(0)).save(other)  # fmt: skip
+    base = ["attack", "--edit", str(other), "--method", "synonym", "--concept", "circle", "--out", str(tmp_path / "a"),
+            "--n", "1", "--prompts", "1", "--n-images", "2", "--set", "steps=1"]  # fmt: skip
+    assert main(base) == 2  # an edit made for another base model
+    err = capsys.readouterr().err.strip()
+    assert "this edit was made for base model" in err and err.endswith("or pass --force") and "\n" not in err
+    assert main([*base, "--model", str(tmp_path / "some-sd")]) == 2  # no judge for other models on the command line
+    err = capsys.readouterr().err.strip()
+    assert "an attack needs a judge" in err and "\n" not in err
+    assert main([*base, "--concept", "zebra"]) == 2
+    assert "unknown world concept 'zebra'" in capsys.readouterr().err
+
+
+def test_inversion_and_attack_parameters_become_their_flags():
+    from unsee.cli import cli_message
+
+    invert, attack = set(_subparser("invert")._option_string_actions), set(_subparser("attack")._option_string_actions)
+    assert cli_message("`n_vectors` must be at least 1", invert) == "--vectors must be at least 1"
+    assert cli_message("every one of `templates` must hold '{}'", invert) == "every one of --template must hold '{}'"
+    assert cli_message("lower `lr` (now 5)", invert) == "lower --lr (now 5)"
+    assert cli_message("`n_vectors` must be at least 1", attack) == "--set n_vectors=VALUE must be at least 1"
+    assert cli_message("`n_prompts` must be at least 1", attack) == "--prompts must be at least 1"
+    assert cli_message("no checkpoint at x; start without `resume=True`", attack) == "no checkpoint at x; start without --resume"

@@ -444,10 +444,11 @@ def _attack(args: argparse.Namespace) -> None:
         raise ValueError(f"an attack needs a judge that tells whether images show {args.concept!r}, and the command "
                          "line has only the mini world's (--judge oracle or judge2, for models of that world); on "
                          "other models call unsee.attacks.attack() from Python with any unsee.judges.Judge")  # fmt: skip
-    from unsee.world.attacks import attack_target
-    from unsee.world.concepts import world_concept
+    from unsee.world.attacks import attack_target, concept_prompts
 
-    world_concept(args.concept)  # a one-line error before loading anything
+    concept_prompts(args.concept, args.prompts)  # an unknown concept or --prompts 0: one line, before loading anything
+    if args.images is None and args.n_images < 1:
+        raise ValueError(f"--n-images must be at least 1 (got {args.n_images}): the world images the attack learns from")
     edit = Edit.load(args.edit)
     pipe = load_pipeline(args.model, device=args.device)
     out = Path(args.out)
