@@ -127,3 +127,21 @@ def test_a_learned_neutral_target_needs_its_concept(tiny_pipe):
     assert "c_n='<clean>' holds the token '<clean>'" in msg and "(given: <frame>)" in msg and "`learned`" in msg
     with pytest.raises(ValueError, match="c_p='a <clean>' holds"):
         erase(tiny_pipe, ["circle"], make_config("neutral", c_p="a <clean>", **FAST))
+
+
+def test_world_attack_targets_put_the_concept_where_captions_do():
+    from unsee.world.attacks import attack_target, concept_prompts
+
+    oracle = attack_target("circle").judge
+    cases = {"circle": ("circle", ("a red {}", "an orange {}"), ("disk",)),
+             "disk": ("circle", ("a red {}", "an orange {}"), ("circle",)),
+             "orange": ("orange", ("an {} circle", "an {} ring"), ()),
+             "stripy": ("striped", ("a red circle on a {} background", "an orange ring on a {} background"), ("striped",)),
+             "frame": ("frame", ("a red circle {}", "an orange ring {}"), ())}  # fmt: skip
+    for word, (label, prompts, synonyms) in cases.items():
+        t = attack_target(word, n_prompts=2, judge=oracle)
+        assert (t.concept, t.judge_label, t.prompts, t.synonyms) == (word, label, prompts, synonyms), word
+        assert any(label in names for names in oracle.groups.values())
+    assert len(concept_prompts("circle", 20)) == 8  # one per colour of the world, no repeats
+    with pytest.raises(ValueError, match="`n_prompts` must be at least 1"):
+        concept_prompts("circle", 0)
