@@ -27,6 +27,7 @@ from unsee.concepts.learned import LearnedConcept
 from unsee.edits import Edit
 from unsee.judges import Judge, detects, group_of
 from unsee.models import sampling_defaults
+from unsee.registry import Registry
 from unsee.sampling import initial_latents, sample
 
 
@@ -186,44 +187,13 @@ class AttackRun:
 
 
 SearchFn = Callable[..., Found]
-_REGISTRY: dict[str, tuple[type[AttackConfig], SearchFn]] = {}
-
-
-def register(name: str, config_cls: type[AttackConfig]) -> Callable[[SearchFn], SearchFn]:
-    """Register an attack's search ``fn(pipe, edit, target, cfg, generator, *, run) -> Found`` under ``name``."""
-
-    def deco(fn: SearchFn) -> SearchFn:
-        if name in _REGISTRY:
-            raise ValueError(f"attack {name!r} is already registered")
-        config_cls.name = name
-        _REGISTRY[name] = (config_cls, fn)
-        return fn
-
-    return deco
-
-
-def attacks() -> list[str]:
-    return sorted(_REGISTRY)
-
-
-def config_class(name: str) -> type[AttackConfig]:
-    if name not in _REGISTRY:
-        raise ValueError(f"unknown attack {name!r}; available: {', '.join(attacks())}")
-    return _REGISTRY[name][0]
-
-
-def make_config(name: str, **overrides: Any) -> AttackConfig:
-    cls = config_class(name)
-    known = {f.name for f in dataclasses.fields(cls)}
-    bad = set(overrides) - known
-    if bad:
-        raise ValueError(f"{name} has no setting {', '.join(sorted(bad))}; settings: {', '.join(sorted(known))}")
-    return cls(**overrides)
-
-
-def config_from_dict(d: dict[str, Any]) -> AttackConfig:
-    d = dict(d)
-    return make_config(d.pop("attack"), **{k: tuple(v) if isinstance(v, list) else v for k, v in d.items()})
+_REGISTRY: Registry[AttackConfig, SearchFn] = Registry("attack")
+register = _REGISTRY.register
+"""Register an attack's search ``fn(pipe, edit, target, cfg, generator, *, run) -> Found`` under ``name``."""
+attacks = _REGISTRY.names
+config_class = _REGISTRY.config_class
+make_config = _REGISTRY.make_config
+config_from_dict = _REGISTRY.config_from_dict
 
 
 def attack(
@@ -253,7 +223,7 @@ def attack(
     seed = g.initial_seed()
     reuse = _reusable(reuse, edit, target, cfg, seed)
     t0 = time.perf_counter()
-    found = _REGISTRY[cfg.name][1](pipe, edit, target, cfg, g, run=run or AttackRun(progress=False), force=force)
+    found = _REGISTRY.function(cfg.name)(pipe, edit, target, cfg, g, run=run or AttackRun(progress=False), force=force)
     seconds = time.perf_counter() - t0
     if len(found.variants) != len(target.prompts) or not all(found.variants):
         raise RuntimeError(f"attack {cfg.name} must return at least one variant for each of the {len(target.prompts)} prompts")

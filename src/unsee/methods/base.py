@@ -8,7 +8,6 @@ so memory holds one UNet plus the trained subset (the published code holds two f
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import os
 import time
@@ -25,6 +24,7 @@ from tqdm.auto import tqdm
 from unsee.concepts.learned import Concept, LearnedConcept, check_learned, concept_name, learned_tokens
 from unsee.edits import Edit
 from unsee.models import fingerprint
+from unsee.registry import Registry
 from unsee.sampling import encode_prompts, sample_until
 
 ParamSet = Literal["xattn", "noxattn", "selfattn", "full"]
@@ -65,44 +65,13 @@ class MethodConfig:
 
 
 EraseFn = Callable[..., Edit]
-_REGISTRY: dict[str, tuple[type[MethodConfig], EraseFn]] = {}
-
-
-def register(name: str, config_cls: type[MethodConfig]) -> Callable[[EraseFn], EraseFn]:
-    """Register an erasure method under ``name`` with its config class."""
-
-    def deco(fn: EraseFn) -> EraseFn:
-        if name in _REGISTRY:
-            raise ValueError(f"method {name!r} is already registered")
-        config_cls.name = name
-        _REGISTRY[name] = (config_cls, fn)
-        return fn
-
-    return deco
-
-
-def methods() -> list[str]:
-    return sorted(_REGISTRY)
-
-
-def config_class(name: str) -> type[MethodConfig]:
-    if name not in _REGISTRY:
-        raise ValueError(f"unknown method {name!r}; available: {', '.join(methods())}")
-    return _REGISTRY[name][0]
-
-
-def make_config(name: str, **overrides: Any) -> MethodConfig:
-    cls = config_class(name)
-    known = {f.name for f in dataclasses.fields(cls)}
-    bad = set(overrides) - known
-    if bad:
-        raise ValueError(f"{name} has no setting {', '.join(sorted(bad))}; settings: {', '.join(sorted(known))}")
-    return cls(**overrides)
-
-
-def config_from_dict(d: dict[str, Any]) -> MethodConfig:
-    d = dict(d)
-    return make_config(d.pop("method"), **{k: tuple(v) if isinstance(v, list) else v for k, v in d.items()})
+_REGISTRY: Registry[MethodConfig, EraseFn] = Registry("method")
+register = _REGISTRY.register
+"""Register an erasure method under ``name`` with its config class."""
+methods = _REGISTRY.names
+config_class = _REGISTRY.config_class
+make_config = _REGISTRY.make_config
+config_from_dict = _REGISTRY.config_from_dict
 
 
 @dataclass
@@ -142,7 +111,7 @@ def erase(
     check_learned(pipe, extra, force=force)
     if extra and getattr(cfg, "adversary", "search") == "predicted":
         raise ValueError("the impact predictor scores words, not learned concepts; use `adversary='search'`")
-    fn = _REGISTRY[cfg.name][1]
+    fn = _REGISTRY.function(cfg.name)
     return fn(pipe, [concept_name(c) for c in concepts], cfg,
               generator if generator is not None else torch.Generator().manual_seed(0), run=run or Run(progress=False),
               learned=learned_tokens(extra))  # fmt: skip
