@@ -71,7 +71,9 @@ def token_search(pipe: StableDiffusionPipeline, edit: Edit, target: Target, cfg:
     prefix = " ".join(slots)
     step, log, elapsed = 0, [], 0.0
     ck = None if run.dir is None else Path(run.dir) / "checkpoint.pt"
-    meta = {"config": cfg.to_dict(), "edit": edit.digest, "concept": target.concept, "words": len(words)}
+    # search_steps may grow on resume, as an erasure's iterations may
+    meta = {"config": {k: v for k, v in cfg.to_dict().items() if k != "search_steps"}, "edit": edit.digest,
+            "concept": target.concept, "words": len(words)}  # fmt: skip
     if run.resume:
         if ck is None or not ck.exists():
             raise FileNotFoundError(f"no checkpoint at {ck}; start without `resume=True`")
