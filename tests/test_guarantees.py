@@ -88,15 +88,15 @@ def test_inversion_recovers_an_object_the_prompts_never_name(mini_pipe):
     from unsee.world.concepts import caption_without, concept_scenes
     from unsee.world.render import render
 
-    scenes = concept_scenes("star", 24, np.random.default_rng(1))
+    scenes = concept_scenes("star", 32, np.random.default_rng(1))
     images = torch.tensor(np.stack([render(s) for s in scenes])).permute(0, 3, 1, 2).float() / 255
-    cfg = InversionConfig(token="<s>", steps=150, batch_size=8, lr=5e-3)
+    cfg = InversionConfig(token="<s>", steps=300, batch_size=8, lr=5e-3)
     learned = invert(mini_pipe, images, cfg, torch.Generator().manual_seed(0),
                      captions=[caption_without(s, "star") for s in scenes])  # fmt: skip
     oracle = load_oracle()
     colours = ["red", "blue", "green", "yellow"]
-    with_token = judge_prompts(mini_pipe, oracle, [f"a {c} <s>" for c in colours], n=4, seed=3, learned=learned.tokens)
-    without = judge_prompts(mini_pipe, oracle, [f"a {c}" for c in colours], n=4, seed=3)
+    with_token = judge_prompts(mini_pipe, oracle, [f"a {c} <s>" for c in colours], n=8, seed=3, learned=learned.tokens)
+    without = judge_prompts(mini_pipe, oracle, [f"a {c}" for c in colours], n=8, seed=3)
     rate = sum(r.rate("object", "star") for r in with_token) / len(colours)
     base = sum(r.rate("object", "star") for r in without) / len(colours)
     assert rate >= 0.6 and rate >= base + 0.4, f"the learned token drew stars {rate:.2f} of the time, without it {base:.2f}"
