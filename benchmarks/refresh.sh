@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Re-measure every benchmark on the shipped mini model, in the order the results depend on each other:
 # the world's quality, then the impact analyses (which retrain and ship the impact predictor the
-# erasure benchmark's `eap-predicted` row uses), then erasure. Runs are cached per model
+# erasure benchmark's `eap-predicted` row uses), then erasure, the judges, concepts and the attacks
+# (which attack the erasure step's own split-0 edits). Runs are cached per model
 # fingerprint under benchmarks/results/*_runs/<fingerprint>/, so an interrupted refresh resumes
 # where it stopped. About 2 hours on 2 CPU cores. Usage: bash benchmarks/refresh.sh [LOGDIR]
 set -euo pipefail
@@ -21,4 +22,7 @@ step "impact (ships the predictor)" impact "$py" benchmarks/impact.py --ship
 step "erasure" erasure "$py" benchmarks/erasure.py --methods esd esd-gentle neutral eap eap-shared eap-predicted eap-pgd
 step "erasure, style protocol" erasure_style "$py" benchmarks/erasure.py --methods esd eap --splits 0 --style checkered \
   --out benchmarks/results/erasure_style
+step "judges' agreement" judges "$py" benchmarks/judges.py
+step "concepts from pictures" concepts "$py" benchmarks/concepts.py
+step "attacks (on the erasure step's split-0 edits)" attacks "$py" benchmarks/attacks.py
 echo "$(date -u +%FT%TZ) done"
