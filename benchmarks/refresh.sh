@@ -4,7 +4,7 @@
 # erasure benchmark's `eap-predicted` row uses), then erasure, the judges, concepts and the attacks
 # (which attack the erasure step's own split-0 edits). Runs are cached per model
 # fingerprint under benchmarks/results/*_runs/<fingerprint>/, so an interrupted refresh resumes
-# where it stopped. About 2 hours on 2 CPU cores. Usage: bash benchmarks/refresh.sh [LOGDIR]
+# where it stopped. Several hours on 2 CPU cores (the attacks alone about 2). Usage: bash benchmarks/refresh.sh [LOGDIR]
 set -euo pipefail
 cd "$(dirname "$0")/.."
 py=${PYTHON:-.venv/bin/python}
