@@ -24,8 +24,9 @@ from unsee.methods import erase, make_config
 from unsee.models import fingerprint, load_pipeline, sampling_defaults
 from unsee.world import OBJECTS, STYLE_WORDS
 from unsee.world.captions import OBJECT_SYNONYMS
+from unsee.world.judge2 import load_judge2
 from unsee.world.oracle import load_oracle
-from unsee.world.protocols import SPLITS, Sampling, class_rates, judge_objects, object_scores, style_scores
+from unsee.world.protocols import SPLITS, Sampling, class_rates, flagged_classes, judge_objects, object_scores, style_scores
 
 RESULTS = Path(__file__).parent / "results"
 
@@ -64,7 +65,7 @@ def main() -> None:
     torch.set_num_threads(int(os.environ.get("UNSEE_THREADS", "2")))  # 1 when sharing the machine
     common = COMMON | parse_key_values(args.set)
     out = Path(args.out)
-    pipe, oracle = load_pipeline("mini"), load_oracle()
+    pipe, oracle, check = load_pipeline("mini"), load_oracle(), load_judge2()
     # Runs are kept per base model: retraining the mini model starts a fresh folder instead of
     # silently reusing results measured on the old weights.
     fp = fingerprint(pipe)
@@ -75,9 +76,11 @@ def main() -> None:
 
     base_file = parts / "base.json"
     if not base_file.exists():
-        base_file.write_text(json.dumps(class_rates(judge_objects(pipe, oracle, OBJECTS, s, progress=True))))
+        base_file.write_text(json.dumps(class_rates(judge_objects(pipe, oracle, OBJECTS, s, progress=True, check=check))))
     base = json.loads(base_file.read_text())
-    rows: dict[str, list[dict]] = {"base": [object_scores(base, SPLITS[i]) | {"seconds": 0.0} for i in args.splits]}
+    rows: dict[str, list[dict]] = {
+        "base": [object_scores(base, SPLITS[i]) | {"seconds": 0.0, "per_class": base} for i in args.splits]
+    }
     # Split-major order: every method's erasure of a split runs back to back, so a slow spell of the
     # machine cannot bias the time ratio between methods.
     rows.update({label: [] for label in args.methods})
@@ -92,7 +95,7 @@ def main() -> None:
                 seconds = time.perf_counter() - t0
                 edit.save(parts / "edits" / f"{label}_split{i}")  # benchmarks/attacks.py attacks these same edits
                 with edit.applied(pipe):
-                    rates = class_rates(judge_objects(pipe, oracle, OBJECTS, s))
+                    rates = class_rates(judge_objects(pipe, oracle, OBJECTS, s, check=check))
                 res = object_scores(rates, SPLITS[i]) | {"seconds": seconds, "per_class": rates,
                                                          "config": cfg.to_dict()}  # fmt: skip
                 for key in ("adversary", "final_nearest", "R"):
@@ -171,6 +174,15 @@ def summarise(rows: dict[str, list[dict]], common: dict, args: argparse.Namespac
                 rel = summary[label]["psr1_loss"] / summary[other]["psr1_loss"]
                 summary[f"{label}_loss_over_{other}_loss"] = rel
                 lines.append(f"{label}'s PSR-1 loss / {other}'s: {rel:.2f}")
+    flags = {m: sorted({c for r in rs for c in flagged_classes(r.get("per_class", {}))}) for m, rs in rows.items()}
+    summary["flagged"] = flags
+    if any(flags.values()):
+        lines += ["", "Classes where the oracle and the second judge agree on fewer than 80% of the generated images "
+                  "(⚠, their ESR/PSR rest on the oracle alone): "
+                  + "; ".join(f"{m}: {', '.join(f)}" for m, f in flags.items() if f) + "."]  # fmt: skip
+    else:
+        lines += ["", "No per-class agreement in these runs (made before the second judge): see benchmarks/results/judges.md "
+                  "for the classes the judges disagree on in the base model's images (square, hexagon, star)."]  # fmt: skip
     summary["markdown"] = "\n".join(lines) + "\n"
     summary["model_fingerprint"] = fp
     return summary
