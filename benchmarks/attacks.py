@@ -28,7 +28,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from _report import write_report
+from _report import judge_flags, write_report
 from erasure import COMMON, SETTINGS, synonyms_excluded
 from unsee.attacks import AttackResult, AttackRun, attack, make_config
 from unsee.edits import Edit
@@ -118,7 +118,9 @@ def summarise(parts: Path, jobs, fp: str, args, budgets: dict) -> tuple[dict, st
         f = parts / e / m / c / a
         if (f / "attack.json").exists():
             results[(e, m, c, a)] = AttackResult.load(f)
-    report: dict = {"model_fingerprint": fp, "settings": vars(args), "budgets": budgets, "asr": {}, "split0": {}, "rows": []}
+    flags = judge_flags(fp)
+    report: dict = {"model_fingerprint": fp, "settings": vars(args), "budgets": budgets, "asr": {}, "split0": {}, "rows": [],
+                    "judge_flagged": sorted(flags)}  # fmt: skip
     for (e, m, c, a), r in results.items():
         row = {"erasure": e, "method": m, "concept": c, "attack": a, **r.summary(),
                "adversarial_prompt": r.adversarial_prompts[0][0], "words": r.info.get("words")}  # fmt: skip
@@ -148,9 +150,13 @@ def summarise(parts: Path, jobs, fp: str, args, budgets: dict) -> tuple[dict, st
                 rs = {r["attack"]: r for r in sub if r["method"] == m and r["concept"] == c}
                 any_r = next(iter(rs.values()))
                 cells = [f"{100 * rs[a]['asr']:.0f}% ({rs[a]['seconds']:.0f})" if a in rs else "–" for a in args.attacks]
-                lines.append(f"| {m} | {c} | {100 * any_r['base_rate']:.0f}% | {100 * any_r['asr_unattacked']:.0f}% | "
+                name = f"{c} ⚠" if c in flags else c
+                lines.append(f"| {m} | {name} | {100 * any_r['base_rate']:.0f}% | {100 * any_r['asr_unattacked']:.0f}% | "
                              + " | ".join(cells) + " |")  # fmt: skip
         lines.append("")
+    if flags:
+        lines += [f"⚠ the oracle and the second judge disagree on {', '.join(sorted(flags))} in the base model's images "
+                  "(benchmarks/results/judges.md): those rows rest on the oracle alone.", ""]  # fmt: skip
     found = [r for r in report["rows"] if r["attack"] == "token-search"]
     if found:
         lines += ["Words the token search found (prepended to each prompt):", ""]

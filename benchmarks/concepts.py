@@ -22,7 +22,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from _report import write_report
+from _report import judge_flags, write_report
 from unsee.concepts.inversion import InversionConfig, InversionRun, invert
 from unsee.concepts.learned import LearnedConcept
 from unsee.edits import Edit
@@ -184,11 +184,12 @@ def pct(x: float) -> str:
 def markdown(report: dict, args, fp: str, d, tok: str) -> str:
     e, f, o = report["erasure"], report["frame"], report["object"]
     obj = o["object"]
+    mark = " ⚠" if obj in judge_flags(fp) else ""
     rows = [
         f"| hidden frame `<frame>` | \"a {{colour}} {{object}} <frame>\" (10 pairs) | **{pct(f['with_token']['rate'])}** | "
         f"{pct(f['base_prompted']['rate'])} (same prompts without the token); {pct(f['base_unprompted']['rate'])} of "
         f"unprompted images; the token alone: {pct(f['token_alone']['rate'])} | {f['inversion_seconds']:.0f} s |",
-        f"| object `{tok}` ({obj}) | \"a {{colour}} {tok}\" (8 colours) | **{pct(o['with_token']['rate'])}** | "
+        f"| object `{tok}` ({obj}{mark}) | \"a {{colour}} {tok}\" (8 colours) | **{pct(o['with_token']['rate'])}** | "
         f"{pct(o['base_named']['rate'])} with the word \"{obj}\" | {o['inversion_seconds']:.0f} s |",
     ]
     change = lambda a, b: f"{100 * (e[b] - e[a]):+.1f}"  # noqa: E731
@@ -217,6 +218,8 @@ def markdown(report: dict, args, fp: str, d, tok: str) -> str:
         f"## The frame erased through its learned token ({e['method']}, {args.iterations} iterations, {e['seconds']:.0f} s)",
         "", "| measure | before | after | change |", "|---|---|---|---|", *erased, "",
         f"Preserved by the adversary (top of its distribution): {kept}.", "",
+        *([f"⚠ the oracle and the second judge disagree on {obj} in the base model's images (benchmarks/results/judges.md)."]
+          if obj in judge_flags(fp) else []),
     ])  # fmt: skip
 
 
