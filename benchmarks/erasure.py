@@ -60,6 +60,7 @@ def main() -> None:
     ap.add_argument("--n", type=int, default=4, help="images per prompt (8 prompts per class)")
     ap.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE", help="override COMMON for every method")
     ap.add_argument("--out", default=str(RESULTS / "erasure"))
+    ap.add_argument("--note", default=None, help="a sentence the report must carry (e.g. how the machine was shared)")
     ap.add_argument("--style", default=None, help="also run the style protocol erasing this style (e.g. checkered)")
     args = ap.parse_args()
     torch.set_num_threads(int(os.environ.get("UNSEE_THREADS", "2")))  # 1 when sharing the machine
@@ -108,6 +109,9 @@ def main() -> None:
     if args.style:
         report["style"] = style_rows(pipe, oracle, s, args, common, parts)
         report["markdown"] += report["style"]["markdown"]
+    if args.note:
+        report["note"] = args.note
+        report["markdown"] += f"\nNote: {args.note}\n"
     write_report(out, report, report["markdown"], default=str)
 
 
