@@ -49,3 +49,13 @@ def labels(scenes: list[Scene]) -> dict[str, torch.Tensor]:
         out["background"][i, BACKGROUNDS.index(s.background)] = 1.0
         out["frame"][i, int(s.frame)] = 1.0
     return out
+
+
+def labelled_renders(seed: int, stream: int, n: int, chunk: int = 500) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """``n`` renders in [0, 1] of stream ``stream`` and their labels per head, drawn in chunks (what the judges train on)."""
+    ims, labs = [], []
+    for i in range(0, n, chunk):
+        b = make_batch(scene_rng(seed, stream, i // chunk), min(chunk, n - i))
+        ims.append((b.images + 1) / 2)
+        labs.append(labels(b.scenes))
+    return torch.cat(ims), {h: torch.cat([lab[h] for lab in labs]) for h in labs[0]}

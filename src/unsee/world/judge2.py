@@ -22,7 +22,7 @@ import torch.nn.functional as F
 from safetensors.torch import load_file, save_file
 from tqdm.auto import tqdm
 
-from unsee.world.data import labels, make_batch, scene_rng
+from unsee.world.data import labelled_renders, labels, make_batch, scene_rng
 from unsee.world.oracle import GROUPS, HEADS
 
 DEFAULT_PATH = Path(__file__).resolve().parent.parent / "assets" / "judge2"
@@ -125,15 +125,6 @@ def augment(x: torch.Tensor, g: torch.Generator) -> torch.Tensor:
     return x.clamp(0, 1)
 
 
-def _dataset(seed: int, stream: int, n: int, chunk: int = 500) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-    ims, labs = [], []
-    for i in range(0, n, chunk):
-        b = make_batch(scene_rng(seed, stream, i // chunk), min(chunk, n - i))
-        ims.append((b.images + 1) / 2)
-        labs.append(labels(b.scenes))
-    return torch.cat(ims), {h: torch.cat([lab[h] for lab in labs]) for h in HEADS}
-
-
 @torch.no_grad()
 def evaluate_judge2(model: Judge2, n: int = 4000, seed: int = 1, augmented: bool = False) -> dict[str, float]:
     """Top-1 accuracy per group on fresh single-object renders of its own held-out stream
@@ -156,7 +147,7 @@ def train_judge2(cfg: Judge2Config, out: str | Path = DEFAULT_PATH, progress: bo
     t0 = time.perf_counter()
     torch.manual_seed(cfg.seed)
     model = Judge2(cfg.width)
-    x, y = _dataset(cfg.seed, TRAIN_STREAM, cfg.train_images)
+    x, y = labelled_renders(cfg.seed, TRAIN_STREAM, cfg.train_images)
     g = torch.Generator().manual_seed(cfg.seed + 1)
     steps = cfg.epochs * (len(x) // cfg.batch_size)
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=5e-4)

@@ -20,7 +20,7 @@ from safetensors.torch import load_file, save_file
 from tqdm.auto import tqdm
 
 from unsee.world.captions import JUDGE_LABELS
-from unsee.world.data import labels, make_batch, scene_rng
+from unsee.world.data import labelled_renders, labels, make_batch, scene_rng
 from unsee.world.render import BACKGROUNDS, COLOUR_NAMES, OBJECTS
 
 HEADS: dict[str, tuple[str, ...]] = {
@@ -107,15 +107,6 @@ def _augment(x: torch.Tensor, g: torch.Generator) -> torch.Tensor:
     return x.clamp(0, 1)
 
 
-def _dataset(seed: int, stream: int, n: int, chunk: int = 500) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-    ims, labs = [], []
-    for i in range(0, n, chunk):
-        b = make_batch(scene_rng(seed, stream, i // chunk), min(chunk, n - i))
-        ims.append((b.images + 1) / 2)
-        labs.append(labels(b.scenes))
-    return torch.cat(ims), {h: torch.cat([lab[h] for lab in labs]) for h in HEADS}
-
-
 @torch.no_grad()
 def evaluate_oracle(oracle: Oracle, n: int = 4000, seed: int = 1, two_objects: bool = False) -> dict[str, float]:
     """Top-1 accuracy per head on fresh renders (single-object scenes unless ``two_objects``)."""
@@ -141,7 +132,7 @@ def train_oracle(cfg: OracleConfig, out: str | Path = DEFAULT_PATH, progress: bo
     t0 = time.perf_counter()
     torch.manual_seed(cfg.seed)
     model = Oracle(cfg.width)
-    x, y = _dataset(cfg.seed, TRAIN_STREAM, cfg.train_images)
+    x, y = labelled_renders(cfg.seed, TRAIN_STREAM, cfg.train_images)
     g = torch.Generator().manual_seed(cfg.seed)
     steps = cfg.epochs * (len(x) // cfg.batch_size)
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=1e-4)
