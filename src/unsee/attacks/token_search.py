@@ -9,7 +9,6 @@ hard words, which become an ordinary text prompt.
 
 from __future__ import annotations
 
-import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,6 +18,7 @@ from diffusers import DDIMScheduler, StableDiffusionPipeline
 from tqdm.auto import tqdm
 
 from unsee.attacks.base import AttackConfig, AttackRun, Found, Target, register
+from unsee.checkpoints import save_atomic
 from unsee.concepts.inversion import denoising_loss, encode_images, noisy_batch
 from unsee.concepts.vocab import model_words
 from unsee.edits import Edit
@@ -113,10 +113,8 @@ def token_search(pipe: StableDiffusionPipeline, edit: Edit, target: Target, cfg:
             bar.set_postfix(loss=f"{loss.item():.4f}")
             elapsed = time.perf_counter() - t0
             if ck is not None and step % run.checkpoint_every == 0:
-                ck.parent.mkdir(parents=True, exist_ok=True)
-                torch.save({"meta": meta, "logits": logits.detach(), "opt": opt.state_dict(), "generator": g.get_state(),
-                            "step": step, "log": log, "elapsed": elapsed}, ck.with_suffix(".tmp"))  # fmt: skip
-                os.replace(ck.with_suffix(".tmp"), ck)
+                save_atomic({"meta": meta, "logits": logits.detach(), "opt": opt.state_dict(), "generator": g.get_state(),
+                             "step": step, "log": log, "elapsed": elapsed}, ck)  # fmt: skip
     bar.close()
     found = " ".join(words[i] for i in logits.argmax(-1).tolist())
     variants = [[f"{found} {p.format(target.concept)}"] for p in target.prompts]

@@ -10,7 +10,6 @@ equation (10). v-prediction models train against v, as they were trained.
 from __future__ import annotations
 
 import json
-import os
 import time
 from collections.abc import Sequence
 from contextlib import nullcontext
@@ -22,6 +21,7 @@ import torch
 from diffusers import DDIMScheduler, StableDiffusionPipeline
 from tqdm.auto import tqdm
 
+from unsee.checkpoints import save_atomic
 from unsee.concepts.learned import LearnedConcept, check_new_token
 from unsee.edits import Edit
 from unsee.models import fingerprint
@@ -194,11 +194,9 @@ def invert(
             bar.set_postfix(loss=f"{loss.item():.4f}")
             state["elapsed"] = time.perf_counter() - t0
             if ck_path is not None and state["step"] % run.checkpoint_every == 0:
-                ck_path.parent.mkdir(parents=True, exist_ok=True)
-                torch.save({"config": cfg.to_dict(), "base_fingerprint": base_fp, "edit": _edit_meta(edit),
-                            "vectors": vectors.detach().cpu(), "opt": opt.state_dict(), "generator": g.get_state(),
-                            **state}, ck_path.with_suffix(".tmp"))  # fmt: skip
-                os.replace(ck_path.with_suffix(".tmp"), ck_path)
+                save_atomic({"config": cfg.to_dict(), "base_fingerprint": base_fp, "edit": _edit_meta(edit),
+                             "vectors": vectors.detach().cpu(), "opt": opt.state_dict(), "generator": g.get_state(),
+                             **state}, ck_path)  # fmt: skip
     bar.close()
     settings = cfg.to_dict() | {"seed": seed, "images": len(images), "captions": captions is not None}
     return LearnedConcept(token=cfg.token, embeddings=vectors.detach().cpu().float().clone(), base_fingerprint=base_fp,

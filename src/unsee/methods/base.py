@@ -9,7 +9,6 @@ so memory holds one UNet plus the trained subset (the published code holds two f
 from __future__ import annotations
 
 import json
-import os
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass
@@ -21,6 +20,7 @@ from diffusers import StableDiffusionPipeline
 from torch.func import functional_call
 from tqdm.auto import tqdm
 
+from unsee.checkpoints import save_atomic
 from unsee.concepts.learned import Concept, LearnedConcept, check_learned, concept_name, learned_tokens
 from unsee.edits import Edit
 from unsee.models import fingerprint
@@ -249,10 +249,7 @@ class Trainer:
                 "base_fingerprint": self.base_fingerprint}  # fmt: skip
 
     def _checkpoint(self) -> None:
-        path = self.run.dir / "checkpoint.pt"
-        path.parent.mkdir(parents=True, exist_ok=True)
-        torch.save(self._state(), path.with_suffix(".tmp"))
-        os.replace(path.with_suffix(".tmp"), path)
+        save_atomic(self._state(), self.run.dir / "checkpoint.pt")
 
     def _maybe_resume(self) -> None:
         if not self.run.resume:

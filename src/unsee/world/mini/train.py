@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import copy
 import json
-import os
 import shutil
 import time
 from dataclasses import asdict
@@ -18,6 +17,7 @@ import torch.nn.functional as F
 from diffusers import AutoencoderKL, StableDiffusionPipeline
 from tqdm.auto import tqdm
 
+from unsee.checkpoints import save_atomic
 from unsee.machine import describe
 from unsee.world.data import make_batch, scene_rng
 from unsee.world.mini.components import build_components
@@ -43,12 +43,6 @@ def _ema_update(ema: torch.nn.Module, model: torch.nn.Module, decay: float) -> N
     with torch.no_grad():
         for pe, pm in zip(ema.parameters(), model.parameters()):
             pe.lerp_(pm, 1 - decay)
-
-
-def _save_atomic(obj: dict, path: Path) -> None:
-    tmp = path.with_suffix(".tmp")
-    torch.save(obj, tmp)
-    os.replace(tmp, path)
 
 
 class _Batches(torch.utils.data.Dataset):
@@ -140,7 +134,7 @@ def train_mini(
     (out_dir / "config.json").write_text(json.dumps(asdict(cfg), indent=2))
 
     def checkpoint() -> None:
-        _save_atomic(
+        save_atomic(
             {
                 "config": asdict(cfg),
                 "state": state,
