@@ -25,7 +25,6 @@ import json
 import os
 from pathlib import Path
 
-import numpy as np
 import torch
 
 from _report import judge_flags, write_report
@@ -36,19 +35,13 @@ from unsee.methods import erase
 from unsee.methods import make_config as method_config
 from unsee.models import fingerprint, load_pipeline
 from unsee.world.attacks import attack_target
-from unsee.world.concepts import concept_scenes
+from unsee.world.concepts import concept_images
 from unsee.world.oracle import load_oracle
 from unsee.world.protocols import SPLITS
-from unsee.world.render import render
 
 RESULTS = Path(__file__).parent / "results"
 METHODS = ("esd", "neutral", "eap")
 ATTACKS = ("synonym", "inversion", "token-search")
-
-
-def renders(concept: str, n: int, seed: int) -> torch.Tensor:
-    scenes = concept_scenes(concept, n, np.random.default_rng(seed))
-    return torch.tensor(np.stack([render(s) for s in scenes])).permute(0, 3, 1, 2).float() / 255
 
 
 def get_edit(pipe, fp: str, method: str, erasure: str, parts: Path, erasure_runs: Path) -> Edit:
@@ -94,12 +87,12 @@ def main() -> None:
             for c in (SPLITS[0] if e == "split0" else ("circle",)) for a in args.attacks]  # fmt: skip
     i, n = (int(x) for x in args.shard.split("/"))
     groups = list(dict.fromkeys((e, m) for e, m, _, _ in jobs))[i::n]  # one edit per process: no two train it at once
-    for e, m, c, a in ([] if args.report_only else [j for j in jobs if j[:2] in groups]):
+    for e, m, c, a in [] if args.report_only else [j for j in jobs if j[:2] in groups]:
         folder = parts / e / m / c / a
         if (folder / "attack.json").exists():
             continue
         edit = get_edit(pipe, fp, m, e, parts, Path(args.erasure_runs))
-        target = attack_target(c, renders(c, args.images, seed=1), n_prompts=args.prompts, judge=judge)
+        target = attack_target(c, concept_images(c, args.images, seed=1), n_prompts=args.prompts, judge=judge)
         if a == "synonym" and not target.synonyms:
             continue
         done = [p / "attack.json" for p in (parts / e / m / c).glob("*") if (p / "attack.json").exists()]

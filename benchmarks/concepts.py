@@ -119,10 +119,12 @@ def main() -> None:
     report["frame"] = {
         "inversion_seconds": frame.info["seconds"],
         "final_loss": frame.info["log"][-1]["loss"],
-        "with_token": cached("frame_with_token", lambda: rate(pipe, judge, with_token, "frame", n=args.n, seed=0,
-                                                               learned=frame.tokens)),  # fmt: skip
-        "token_alone": cached("frame_token_alone", lambda: rate(pipe, judge, [frame.token], "frame", n=8 * args.n, seed=0,
-                                                                 learned=frame.tokens)),  # fmt: skip
+        "with_token": cached(
+            "frame_with_token", lambda: rate(pipe, judge, with_token, "frame", n=args.n, seed=0, learned=frame.tokens)
+        ),  # fmt: skip
+        "token_alone": cached(
+            "frame_token_alone", lambda: rate(pipe, judge, [frame.token], "frame", n=8 * args.n, seed=0, learned=frame.tokens)
+        ),  # fmt: skip
         "base_prompted": cached("frame_base_prompted", lambda: rate(pipe, judge, plain, "frame", n=args.n, seed=0)),
         "base_unprompted": cached("frame_base_unprompted", lambda: rate(pipe, judge, [""], "frame", n=8 * args.n, seed=0)),
     }
@@ -134,10 +136,13 @@ def main() -> None:
         "object": obj,
         "inversion_seconds": learned_obj.info["seconds"],
         "final_loss": learned_obj.info["log"][-1]["loss"],
-        "with_token": cached(f"object_{obj}_with_token", lambda: rate(pipe, judge, obj_prompts, obj, n=args.n, seed=0,
-                                                                       learned=learned_obj.tokens)),  # fmt: skip
-        "base_named": cached(f"object_{obj}_named", lambda: rate(pipe, judge, [with_article(f"{c} {obj}") for c in
-                                                                              COLOUR_NAMES], obj, n=args.n, seed=0)),  # fmt: skip
+        "with_token": cached(
+            f"object_{obj}_with_token", lambda: rate(pipe, judge, obj_prompts, obj, n=args.n, seed=0, learned=learned_obj.tokens)
+        ),  # fmt: skip
+        "base_named": cached(
+            f"object_{obj}_named",
+            lambda: rate(pipe, judge, [with_article(f"{c} {obj}") for c in COLOUR_NAMES], obj, n=args.n, seed=0),
+        ),  # fmt: skip
     }
     # 2. Plain diffusers loads the learned frame and draws what unsee draws.
     parity = cached("diffusers_parity", lambda: {"max_abs_diff": diffusers_parity(pipe, frame, parts / "learned_frame",
@@ -186,11 +191,11 @@ def markdown(report: dict, args, fp: str, d, tok: str) -> str:
     obj = o["object"]
     mark = " ⚠" if obj in judge_flags(fp) else ""
     rows = [
-        f"| hidden frame `<frame>` | \"a {{colour}} {{object}} <frame>\" (10 pairs) | **{pct(f['with_token']['rate'])}** | "
+        f'| hidden frame `<frame>` | "a {{colour}} {{object}} <frame>" (10 pairs) | **{pct(f["with_token"]["rate"])}** | '
         f"{pct(f['base_prompted']['rate'])} (same prompts without the token); {pct(f['base_unprompted']['rate'])} of "
         f"unprompted images; the token alone: {pct(f['token_alone']['rate'])} | {f['inversion_seconds']:.0f} s |",
-        f"| object `{tok}` ({obj}{mark}) | \"a {{colour}} {tok}\" (8 colours) | **{pct(o['with_token']['rate'])}** | "
-        f"{pct(o['base_named']['rate'])} with the word \"{obj}\" | {o['inversion_seconds']:.0f} s |",
+        f'| object `{tok}` ({obj}{mark}) | "a {{colour}} {tok}" (8 colours) | **{pct(o["with_token"]["rate"])}** | '
+        f'{pct(o["base_named"]["rate"])} with the word "{obj}" | {o["inversion_seconds"]:.0f} s |',
     ]
     change = lambda a, b: f"{100 * (e[b] - e[a]):+.1f}"  # noqa: E731
     erased = [

@@ -9,7 +9,7 @@ import torch
 from diffusers import StableDiffusionPipeline
 
 from unsee.edits import Edit, FingerprintMismatch
-from unsee.methods import Run, config_from_dict, erase, make_config, methods
+from unsee.methods import Run, config_class, config_from_dict, erase, make_config, methods
 from unsee.methods.base import select_params
 from unsee.models import fingerprint
 
@@ -17,8 +17,18 @@ FAST = dict(iterations=2, batch_size=2, ddim_steps=3)
 CONCEPTS = ["circle", "square"]
 
 
+def _images(pipe, method: str) -> dict:
+    """D_ce for the methods that learn from pictures: 3 fixed random images per concept at the model's size."""
+    if not config_class(method).uses_images:
+        return {}
+    size = pipe.vae_scale_factor * pipe.unet.config.sample_size
+    g = torch.Generator().manual_seed(123)
+    return {"images": [torch.rand(3, 3, size, size, generator=g) for _ in CONCEPTS]}
+
+
 def _erase(pipe, method, seed=0, **kw):
-    return erase(pipe, CONCEPTS, make_config(method, **(FAST | kw)), torch.Generator().manual_seed(seed))
+    cfg = make_config(method, **(FAST | kw))
+    return erase(pipe, CONCEPTS, cfg, torch.Generator().manual_seed(seed), **_images(pipe, method))
 
 
 @pytest.mark.parametrize("method", methods())
@@ -83,11 +93,12 @@ def test_config_round_trips_through_json(method):
 @pytest.mark.parametrize("method", methods())
 def test_interrupted_erasure_resumes_to_the_same_edit(tiny_pipe, method, tmp_path):
     cfg = make_config(method, **(FAST | {"iterations": 4}))
-    straight = erase(tiny_pipe, CONCEPTS, cfg, torch.Generator().manual_seed(0))
+    ims = _images(tiny_pipe, method)
+    straight = erase(tiny_pipe, CONCEPTS, cfg, torch.Generator().manual_seed(0), **ims)
     part = make_config(method, **(FAST | {"iterations": 2}))
-    erase(tiny_pipe, CONCEPTS, part, torch.Generator().manual_seed(0), run=Run(tmp_path, 2, progress=False))
+    erase(tiny_pipe, CONCEPTS, part, torch.Generator().manual_seed(0), run=Run(tmp_path, 2, progress=False), **ims)
     resumed = erase(tiny_pipe, CONCEPTS, cfg, torch.Generator().manual_seed(0),
-                    run=Run(tmp_path, 2, resume=True, progress=False))  # fmt: skip
+                    run=Run(tmp_path, 2, resume=True, progress=False), **ims)  # fmt: skip
     for k in straight.tensors:
         torch.testing.assert_close(resumed.tensors[k], straight.tensors[k], rtol=0, atol=0)
 

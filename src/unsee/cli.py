@@ -227,11 +227,23 @@ def _erase(args: argparse.Namespace) -> None:
             overrides[name] = getattr(args, name)
     cfg = make_config(args.method, **overrides)
     concepts, learned = learned_concepts(args.concept, args.learned or [])
+    if args.images and not cfg.uses_images:
+        raise ValueError(f"--images: the {args.method} method does not learn from images (the robust method does)")
+    if args.images and len(args.images) != len(args.concept):
+        raise ValueError(f"--images given {len(args.images)} times for {len(args.concept)} --concept; pass one folder per "
+                         "concept, in the same order")  # fmt: skip
+    if cfg.uses_images and not args.images and args.model != "mini":
+        raise ValueError(f"the {args.method} method learns from images of each erased concept; pass --images DIR "
+                         "once per --concept (a folder of the concept's images at the model's resolution)")  # fmt: skip
     pipe = load_pipeline(args.model, device=args.device)
     out = Path(args.out)
+    images = None
+    if cfg.uses_images:  # D_ce: the user's folders, or on the mini model the world's renders of each concept
+        folders = args.images or [str(_world_images(c, out / "images" / c, args.n_images, args.seed)) for c in args.concept]
+        images = [_model_images(pipe, f) for f in folders]
     g = torch.Generator().manual_seed(args.seed)
     edit = erase(pipe, concepts, cfg, g, run=Run(out, args.checkpoint_every, args.resume, progress=True), learned=learned,
-                 force=args.force)  # fmt: skip
+                 force=args.force, images=images)  # fmt: skip
     edit.save(out)
     (out / "command.json").write_text(json.dumps(vars(args) | {"func": None}, indent=2, default=str))
     print(f"edit written to {out} ({edit.num_changed:,} changed weights, {edit.info['seconds']:.0f} s)")
@@ -307,6 +319,10 @@ def _add_erase(sub: argparse._SubParsersAction) -> None:
     er.add_argument("--allow-split", action="store_true", default=None,
                     help="erase a concept the tokenizer splits into pieces (the pieces together)")  # fmt: skip
     er.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="any other method setting")
+    er.add_argument("--images", action="append", default=None, metavar="DIR",
+                    help="robust: a folder of images of the concept (D_ce), once per --concept in order; on the mini "
+                    "model the world's renders are used when left out")  # fmt: skip
+    er.add_argument("--n-images", type=int, default=32, help="robust on the mini model: renders per concept")
     er.add_argument("--checkpoint-every", type=int, default=50)
     er.add_argument("--resume", action="store_true", help="continue from OUT/checkpoint.pt")
     er.add_argument("--preview-prompt", action="append", default=None)
@@ -590,9 +606,19 @@ def _evaluate(args: argparse.Namespace) -> None:
     d = sampling_defaults(args.model)
     s = Sampling(n=args.n, seed=args.seed, steps=d.steps, guidance_scale=d.guidance_scale)
     concepts: list[str] = list(args.concept or [])
+    attacks = [a.strip() for a in (args.attacks or "").split(",") if a.strip()]
+    if attacks:
+        from unsee.attacks import attacks as known_attacks
+
+        unknown = [a for a in attacks if a not in known_attacks()]
+        if unknown:
+            raise ValueError(f"--attacks: unknown attack {unknown[0]!r}; available: {', '.join(known_attacks())}")
+        if not args.edit:
+            raise ValueError("--attacks attacks an erasure: pass --edit DIR (unsee erase --out)")
+    undo = None
     if args.edit:
         edit = Edit.load(args.edit)
-        edit.apply(pipe, force=args.force)
+        undo = edit.apply(pipe, force=args.force)
         concepts = concepts or list(edit.concepts)
     report: dict = {"model": args.model, "edit": args.edit, "protocol": args.protocol, "sampling": vars(s)}
     if args.protocol == "objects":
@@ -608,6 +634,18 @@ def _evaluate(args: argparse.Namespace) -> None:
         if style is None:
             raise ValueError(f"the style protocol needs an erased style; pass --concept from: {', '.join(BACKGROUNDS)}")
         report |= {"style": style, **style_report(pipe, oracle, style, s, check=check)}
+    if attacks:
+        from unsee.world.attacks import attack_concepts
+
+        undo.restore()  # attacks apply the edit themselves
+        erased = report.get("erased") or [report["style"]]
+        results = attack_concepts(pipe, edit, erased, attacks, judge=oracle, n=args.attack_n, seed=args.seed,
+                                  run_dir=Path(args.out).with_suffix("") / "attacks", progress=True)  # fmt: skip
+        report["attacks"] = {c: {a: r.summary() for a, r in rs.items()} for c, rs in results.items()}
+        for a in attacks:
+            got = [rs[a].asr for rs in results.values() if a in rs]
+            if got:
+                report["scores"][f"ASR {a}"] = sum(got) / len(got)
     flags = report.get("flagged", [])
     rows = [f"| {k} | {100 * v:.1f}% |" for k, v in report["scores"].items()]
     cols = list(dict.fromkeys(k for r in report["per_class"].values() for k in r))
@@ -616,6 +654,17 @@ def _evaluate(args: argparse.Namespace) -> None:
     md_lines = [f"# {args.protocol}: {args.edit or args.model}", "", "The oracle's reads.", "",
                 "| measure | value |", "|---|---|", *rows, "", "| class | " + " | ".join(cols) + " |",
                 "|---" * (len(cols) + 1) + "|", *per_class, ""]  # fmt: skip
+    if attacks:
+        md_lines += ["Attacks on each erased concept (ASR: the plain or the attacked prompt shows it, the oracle's top-1; "
+                     f"{args.attack_n} seeds x 4 prompts).", "",
+                     "| concept | base | unattacked | " + " | ".join(f"{a} ASR" for a in attacks) + " |",
+                     "|---" * (3 + len(attacks)) + "|"]  # fmt: skip
+        for c, rs in report["attacks"].items():
+            first = next(iter(rs.values()))
+            cells = [f"{100 * rs[a]['asr']:.0f}%" if a in rs else "–" for a in attacks]
+            md_lines.append(f"| {mark(c, flags)} | {100 * first['base_rate']:.0f}% | {100 * first['asr_unattacked']:.0f}% | "
+                            + " | ".join(cells) + " |")  # fmt: skip
+        md_lines.append("")
     if check is not None:
         md_lines.append(f"agreement: how often the second judge's top-1 is the oracle's on the class's generated images; "
                         f"{FLAG} = below {AGREEMENT_FLOOR:.0%}, where neither judge's read is to be trusted"
@@ -639,6 +688,10 @@ def _add_evaluate(sub: argparse._SubParsersAction) -> None:
     ev.add_argument("--seed", type=int, default=0)
     ev.add_argument("--out", default="out/evaluation.json")
     ev.add_argument("--force", action="store_true")
+    ev.add_argument("--attacks", default=None, metavar="A,B",
+                    help="also attack each erased concept (e.g. inversion,token-search) and add ASR columns; results "
+                    "are kept next to --out and reused, so an interrupted run resumes")  # fmt: skip
+    ev.add_argument("--attack-n", type=int, default=8, help="seeds per attack prompt")
     ev.add_argument("--no-check", action="store_true",
                     help="skip the second judge (no per-class agreement with the oracle, nothing flagged)")  # fmt: skip
     ev.set_defaults(func=_evaluate)

@@ -52,6 +52,8 @@ class MethodConfig:
     """Allow concepts whose words the tokenizer splits into pieces (real SD vocabularies often do)."""
 
     name: ClassVar[str] = "?"
+    uses_images: ClassVar[bool] = False
+    """Whether the method learns from images of the erased concepts (``erase(..., images=)``)."""
 
     def to_dict(self) -> dict[str, Any]:
         return {"method": self.name, **asdict(self)}
@@ -65,6 +67,9 @@ class MethodConfig:
 
 
 EraseFn = Callable[..., Edit]
+Objective = tuple[Callable[[int], dict[str, torch.Tensor]], Callable[[], dict[str, Any]]]
+"""A method's loss as ``(step, info)``: ``step(i)`` returns update ``i``'s loss terms (``"loss"`` is
+minimised), ``info()`` what the edit records once training ends; wrappers such as ``robust`` add terms."""
 _REGISTRY: Registry[MethodConfig, EraseFn] = Registry("method")
 register = _REGISTRY.register
 """Register an erasure method under ``name`` with its config class."""
@@ -93,6 +98,7 @@ def erase(
     run: Run | None = None,
     learned: Sequence[LearnedConcept] = (),
     force: bool = False,
+    images: torch.Tensor | Sequence[torch.Tensor] | None = None,
 ) -> Edit:
     """Erase ``concepts`` from ``pipe`` with the method ``cfg`` names; ``pipe`` is left unchanged.
 
@@ -100,6 +106,8 @@ def erase(
     (equation 9: a concept only pictures express, erased through its learned token). ``learned``
     concepts add tokens the method's other prompts may use, e.g. a neutral target ``c_n="<clean>"``
     learned from images without the concept. ``force`` accepts learned concepts made on another model.
+    ``images``: for the methods that learn from pictures of the erased concepts (``robust``), D_ce as
+    ``(N, 3, H, W)`` in [0, 1] at the model's size: one batch per concept, or one batch when erasing one.
     """
     concepts = [concepts] if isinstance(concepts, str | LearnedConcept) else list(concepts)
     if not concepts:
@@ -111,10 +119,31 @@ def erase(
     check_learned(pipe, extra, force=force)
     if extra and getattr(cfg, "adversary", "search") == "predicted":
         raise ValueError("the impact predictor scores words, not learned concepts; use `adversary='search'`")
+    kw = {"images": concept_images(images, len(concepts), cfg)} if cfg.uses_images else {}
+    if images is not None and not cfg.uses_images:
+        raise ValueError(f"the {cfg.name} method does not learn from images; drop `images` (the robust method uses them)")
     fn = _REGISTRY.function(cfg.name)
     return fn(pipe, [concept_name(c) for c in concepts], cfg,
               generator if generator is not None else torch.Generator().manual_seed(0), run=run or Run(progress=False),
-              learned=learned_tokens(extra))  # fmt: skip
+              learned=learned_tokens(extra), **kw)  # fmt: skip
+
+
+def concept_images(images: torch.Tensor | Sequence[torch.Tensor] | None, n_concepts: int,
+                   cfg: MethodConfig) -> list[torch.Tensor]:  # fmt: skip
+    """``images`` as one ``(N, 3, H, W)`` batch per erased concept, with one-line errors naming the fix."""
+    if images is None:
+        raise ValueError(f"the {cfg.name} method learns from images of each erased concept (D_ce); pass `images`, "
+                         "one (N, 3, H, W) batch in [0, 1] per concept")  # fmt: skip
+    batches = [images] if isinstance(images, torch.Tensor) else list(images)
+    if len(batches) != n_concepts:
+        raise ValueError(f"`images` holds {len(batches)} batch(es) for {n_concepts} concepts; pass one batch per concept")
+    for i, x in enumerate(batches):
+        if not isinstance(x, torch.Tensor) or x.ndim != 4 or x.shape[1] != 3 or len(x) == 0:
+            shape = tuple(x.shape) if isinstance(x, torch.Tensor) else type(x).__name__
+            raise ValueError(f"`images` batch {i} must be a non-empty (N, 3, H, W) tensor, got {shape}")
+        if float(x.min()) < 0 or float(x.max()) > 1:
+            raise ValueError(f"`images` batch {i} has values outside [0, 1]; pass images scaled to [0, 1]")
+    return batches
 
 
 def check_concepts(pipe: StableDiffusionPipeline, concepts: Sequence[str], cfg: MethodConfig) -> None:

@@ -15,14 +15,14 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 import torch
 from diffusers import StableDiffusionPipeline
 
 from unsee.concepts.vocab import adversary_candidates, build_vocabulary
 from unsee.edits import Edit
-from unsee.methods.base import MethodConfig, Run, Trainer, mse, register
+from unsee.methods.base import MethodConfig, Objective, Run, Trainer, mse, register
 from unsee.methods.esd import esd_target
 from unsee.sampling import Learned
 
@@ -97,10 +97,9 @@ def build_R(pipe: StableDiffusionPipeline, tr: Trainer, cfg: EAPConfig):
     return vocab, R
 
 
-@register("eap", EAPConfig)
-def erase_eap(pipe: StableDiffusionPipeline, concepts: Sequence[str], cfg: EAPConfig, generator: torch.Generator,
-              *, run: Run, learned: Learned | None = None) -> Edit:  # fmt: skip
-    tr = Trainer(pipe, concepts, cfg, generator, run, learned)
+def eap_objective(pipe: StableDiffusionPipeline, tr: Trainer, cfg: EAPConfig) -> Objective:
+    """EAP's loss as ``(step, info)``: ``step(i)`` returns the loss terms of update ``i`` and installs the
+    logits' ascent on ``tr``; ``info()`` describes the adversary once training ends. The robust method adds to it."""
     _, R = build_R(pipe, tr, cfg)
     R_emb = R.embeddings.detach()
     search = cfg.adversary == "search"  # predicted: fixed uniform logits over the predicted concepts
@@ -148,10 +147,21 @@ def erase_eap(pipe: StableDiffusionPipeline, concepts: Sequence[str], cfg: EAPCo
             logit_opt.step()
 
     if search:
-        tr.extras["_zero_grad"] = [lambda: logit_opt.zero_grad(set_to_none=True)]
-        tr.extras["_after_backward"] = [ascend]
+        tr.extras.setdefault("_zero_grad", []).append(lambda: logit_opt.zero_grad(set_to_none=True))
+        tr.extras.setdefault("_after_backward", []).append(ascend)
+
+    def info() -> dict[str, Any]:
+        p = logits.detach().softmax(-1)
+        order = p.argsort(descending=True)
+        return {"R": list(R.words), "adversary": [(R.words[j], float(p[j])) for j in order[:10]], "adversary_trace": trace}
+
+    return step, info
+
+
+@register("eap", EAPConfig)
+def erase_eap(pipe: StableDiffusionPipeline, concepts: Sequence[str], cfg: EAPConfig, generator: torch.Generator,
+              *, run: Run, learned: Learned | None = None) -> Edit:  # fmt: skip
+    tr = Trainer(pipe, concepts, cfg, generator, run, learned)
+    step, info = eap_objective(pipe, tr, cfg)
     tr.train(step, "eap")
-    p = logits.detach().softmax(-1)
-    order = p.argsort(descending=True)
-    return tr.edit({"R": list(R.words), "adversary": [(R.words[j], float(p[j])) for j in order[:10]],
-                    "adversary_trace": trace})  # fmt: skip
+    return tr.edit(info())

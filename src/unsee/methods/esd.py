@@ -9,7 +9,7 @@ import torch
 from diffusers import StableDiffusionPipeline
 
 from unsee.edits import Edit
-from unsee.methods.base import MethodConfig, Run, Trainer, mse, register
+from unsee.methods.base import MethodConfig, Objective, Run, Trainer, mse, register
 from unsee.sampling import Learned
 
 
@@ -31,14 +31,20 @@ def esd_loss(tr: Trainer, idx: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor
     return mse(tr.eps_trained(z, t, c_e), esd_target(tr, z, t, c_e)), z, t
 
 
-@register("esd", ESDConfig)
-def erase_esd(pipe: StableDiffusionPipeline, concepts: Sequence[str], cfg: ESDConfig, generator: torch.Generator,
-              *, run: Run, learned: Learned | None = None) -> Edit:  # fmt: skip
-    tr = Trainer(pipe, concepts, cfg, generator, run, learned)
+def esd_objective(pipe: StableDiffusionPipeline, tr: Trainer, cfg: MethodConfig) -> Objective:
+    """ESD's loss as ``(step, info)`` (see :data:`unsee.methods.base.Objective`)."""
 
     def step(_: int) -> dict[str, torch.Tensor]:
         loss, *_ = esd_loss(tr, tr.draw_concepts(cfg.batch_size))
         return {"loss": loss}
 
+    return step, dict
+
+
+@register("esd", ESDConfig)
+def erase_esd(pipe: StableDiffusionPipeline, concepts: Sequence[str], cfg: ESDConfig, generator: torch.Generator,
+              *, run: Run, learned: Learned | None = None) -> Edit:  # fmt: skip
+    tr = Trainer(pipe, concepts, cfg, generator, run, learned)
+    step, info = esd_objective(pipe, tr, cfg)
     tr.train(step, "esd")
-    return tr.edit()
+    return tr.edit(info())

@@ -86,6 +86,15 @@ def concept_scenes(concept: str | WorldConcept, n: int, rng: np.random.Generator
     return scenes
 
 
+def concept_images(concept: str | WorldConcept, n: int, seed: int, *, without: bool = False):
+    """``n`` renders of :func:`concept_scenes` (``np.random.default_rng(seed)``) as ``(n, 3, H, W)`` float32 in [0, 1]:
+    D_c for the attacks and the robust erasure, without a folder in between."""
+    import torch
+
+    scenes = concept_scenes(concept, n, np.random.default_rng(seed), without=without)
+    return torch.from_numpy(np.stack([render(s) for s in scenes])).permute(0, 3, 1, 2).float().div(255.0)
+
+
 def scene_label(scene: Scene) -> dict:
     """A scene's ground truth as JSON: its objects and colours, background and frame."""
     return {"objects": [t.obj for t in scene.things], "colours": [t.colour for t in scene.things],

@@ -1,0 +1,175 @@
+"""Robust erasure, equation (11): train the erased model against the attacker's own best embedding.
+
+min_theta' E_{x in D_ce} max_p [ ||eps'(x_t, p) - eps(x_t, c_n)||^2 - lambda ||eps'(x_t, p) - eps||^2 + L_preservation ]
+
+The inner maximisation is the inversion attack (equation 10) run through the model being trained:
+a new token per erased concept, learned from images of that concept (D_ce), a few Adam steps per
+update and warm-started from the previous update's embedding, so that over training it runs as long
+as an attack would. It stays in embedding space: a free embedding (textual inversion), a distribution
+over the vocabulary's tokens (a softmax mixture of their input embeddings), or both (a mixture plus a
+free offset). The outer step adds ``lambda_adv ||eps'(x_t, p*) - eps(x_t, c_n)||^2`` on noisy latents
+of D_ce to the base method's own loss (EAP's erasure and adversarial preservation by default, or ESD's).
+
+Why the outer step drops eq. 11's ``-lambda ||eps'(p) - eps||^2``: as a loss of theta' it is ascent on
+the denoising loss of the concept's images, unbounded below, and it only selects p; the inner problem
+keeps it (``inner_gap`` sets how much of the first term the inner problem also maximises: 0 is the
+attacker's own objective, equation 10; 1/lambda is eq. 11 as written).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any, ClassVar, Literal
+
+import torch
+from diffusers import DDIMScheduler, StableDiffusionPipeline
+
+from unsee.concepts.inversion import TEMPLATES, denoising_target, encode_images
+from unsee.edits import Edit
+from unsee.methods.base import Run, Trainer, mse, register
+from unsee.methods.eap import EAPConfig, eap_objective
+from unsee.methods.esd import esd_objective
+from unsee.sampling import Learned, encode_prompts
+
+
+@dataclass
+class RobustConfig(EAPConfig):
+    """EAP's settings (its preservation is kept with ``base="eap"``), plus the inner attacker's."""
+
+    base: Literal["eap", "esd"] = "eap"
+    """The method whose loss the adversarial term is added to (``esd`` ignores EAP's settings)."""
+    lambda_adv: float = 1.0
+    """Weight of the adversarial erasure term ||eps'(x_t, p*) - eps(x_t, c_n)||^2."""
+    c_n: str = ""
+    """Where the adversary's embedding is sent: eps(x_t, c_n)."""
+    space: Literal["free", "vocab", "both"] = "free"
+    """The attacker's space: a free embedding, a softmax mixture over the vocabulary, or a mixture plus an offset."""
+    n_vectors: int = 1
+    inner_steps: int = 2
+    """Attacker updates per model update (warm-started: over training the attacker takes inner_steps x iterations)."""
+    inner_lr: float = 5e-3
+    """The attacker's Adam learning rate (Concept Inversion's 5e-3); the mixture's logits use ``inner_lr * logit_scale``."""
+    logit_scale: float = 100.0
+    inner_gap: float = 0.0
+    """Weight of the erasure gap in the inner objective (0: the inversion attack's own objective)."""
+    templates: tuple[str, ...] = TEMPLATES
+    """Prompts the adversary's token is learned and erased in (the inversion attack's)."""
+
+    uses_images: ClassVar[bool] = True
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.base not in ("eap", "esd"):
+            raise ValueError(f"unknown base {self.base!r}; use eap or esd")
+        if self.space not in ("free", "vocab", "both"):
+            raise ValueError(f"unknown space {self.space!r}; use free, vocab or both")
+        for f in ("n_vectors", "inner_steps"):
+            if getattr(self, f) < 1:
+                raise ValueError(f"{f} must be at least 1, got {getattr(self, f)}")
+        if not self.templates or any("{}" not in t for t in self.templates):
+            raise ValueError(f"every one of `templates` must hold '{{}}' for the token, got {list(self.templates)}")
+
+
+class Adversary:
+    """One attacker token per erased concept: free vectors, vocabulary logits, or both; fp32."""
+
+    def __init__(self, pipe: StableDiffusionPipeline, n_concepts: int, cfg: RobustConfig):
+        table = pipe.text_encoder.get_input_embeddings().weight.detach().float()
+        self.table, self.space = table, cfg.space
+        self.tokens = [f"<adv{k}>" for k in range(n_concepts)]
+        shape = (n_concepts, cfg.n_vectors)
+        # Both parametrisations start at the vocabulary's mean embedding, as the inversion attack does.
+        start = table.mean(0).expand(*shape, -1).clone() if cfg.space == "free" else torch.zeros(*shape, table.shape[1])
+        self.free = torch.nn.Parameter(start.to(table.device), requires_grad=cfg.space != "vocab")
+        self.logits = torch.nn.Parameter(torch.zeros(*shape, len(table), device=table.device),
+                                         requires_grad=cfg.space != "free")  # fmt: skip
+        rates = ((self.free, cfg.inner_lr), (self.logits, cfg.inner_lr * cfg.logit_scale))
+        groups = [{"params": [p], "lr": lr} for p, lr in rates if p.requires_grad]
+        self.opt = torch.optim.Adam(groups)
+
+    @property
+    def trained(self) -> list[torch.nn.Parameter]:
+        return [p for p in (self.free, self.logits) if p.requires_grad]
+
+    def vectors(self) -> torch.Tensor:
+        """``(concepts, n_vectors, D)`` input embeddings."""
+        if self.space == "free":
+            return self.free
+        return self.logits.softmax(-1) @ self.table + self.free
+
+    def learned(self, detach: bool = False) -> dict[str, torch.Tensor]:
+        v = self.vectors()
+        v = v.detach() if detach else v
+        return {tok: v[k] for k, tok in enumerate(self.tokens)}
+
+    @torch.no_grad()
+    def nearest(self, tokenizer, k: int = 3) -> list[list[list[tuple[str, float]]]]:
+        """Per concept and vector, the ``k`` vocabulary tokens nearest (L2) to the adversary's embedding."""
+        v = self.vectors()
+        d = torch.cdist(v.flatten(0, 1), self.table).view(*v.shape[:2], -1)
+        vals, idx = d.topk(k, largest=False)
+        return [[[(tokenizer.convert_ids_to_tokens(int(i)), round(float(x), 3)) for x, i in zip(vs, ids)]
+                 for vs, ids in zip(rv, ri)] for rv, ri in zip(vals, idx)]  # fmt: skip
+
+
+@register("robust", RobustConfig)
+def erase_robust(pipe: StableDiffusionPipeline, concepts: Sequence[str], cfg: RobustConfig, generator: torch.Generator,
+                 *, run: Run, learned: Learned | None = None, images: Sequence[torch.Tensor]) -> Edit:  # fmt: skip
+    latents = [encode_images(pipe, x) for x in images]  # before any training: a wrong size fails at once
+    tr = Trainer(pipe, concepts, cfg, generator, run, learned)
+    base_step, base_info = (eap_objective if cfg.base == "eap" else esd_objective)(pipe, tr, cfg)
+    adv = Adversary(pipe, len(concepts), cfg)
+    tr.extras.update(adv_free=adv.free, adv_logits=adv.logits, adv_opt=adv.opt)
+    sched = DDIMScheduler.from_config(pipe.scheduler.config)
+    dev = pipe.unet.device
+    with torch.no_grad():
+        c_n = tr.encode([cfg.c_n])
+    trace: list[dict[str, Any]] = []
+
+    def concept_batch() -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, list[str]]:
+        """Noisy latents of D_ce at uniform t, their denoising targets, and prompts holding each concept's token."""
+        k = tr.draw_concepts(cfg.batch_size)
+        j = [int(torch.randint(len(latents[int(c)]), (1,), generator=tr.g)) for c in k]
+        x0 = torch.stack([latents[int(c)][i] for c, i in zip(k, j)])
+        t = torch.randint(len(sched.alphas_cumprod), (cfg.batch_size,), generator=tr.g)
+        noise = torch.randn(x0.shape, generator=tr.g)
+        tpl = torch.randint(len(cfg.templates), (cfg.batch_size,), generator=tr.g)
+        prompts = [cfg.templates[int(i)].format(adv.tokens[int(c)]) for i, c in zip(tpl, k)]
+        x_t, target = sched.add_noise(x0, noise, t), denoising_target(sched, x0, noise, t)
+        return x_t.to(dev, pipe.unet.dtype), t.to(dev), target.to(dev), prompts
+
+    def inner() -> float:
+        """The attacker's steps: inversion through the model being trained (eq. 10), optionally eq. 11's gap."""
+        loss = torch.zeros(())
+        for _ in range(cfg.inner_steps):
+            x_t, t, target, prompts = concept_batch()
+            cond = encode_prompts(pipe, prompts, adv.learned())
+            pred = tr.eps_trained(x_t, t, cond)
+            loss = mse(pred, target)
+            if cfg.inner_gap > 0:
+                loss = loss - cfg.inner_gap * mse(pred, tr.eps_frozen(x_t, t, c_n.expand(len(x_t), -1, -1)))
+            grads = torch.autograd.grad(loss, adv.trained)  # the model's tensors get no gradient here
+            adv.opt.zero_grad(set_to_none=True)
+            for p, g in zip(adv.trained, grads):
+                p.grad = g
+            adv.opt.step()
+        return float(loss.detach())
+
+    def step(i: int) -> dict[str, torch.Tensor]:
+        inner_loss = inner()
+        terms = base_step(i)
+        x_t, t, _, prompts = concept_batch()
+        with torch.no_grad():
+            cond = encode_prompts(pipe, prompts, adv.learned(detach=True))
+            target = tr.eps_frozen(x_t, t, c_n.expand(len(x_t), -1, -1))
+        l_adv = mse(tr.eps_trained(x_t, t, cond), target)
+        if i % 10 == 0:
+            trace.append({"iteration": i, "inversion_loss": inner_loss, "nearest": adv.nearest(pipe.tokenizer)})
+        return terms | {"loss": terms["loss"] + cfg.lambda_adv * l_adv, "l_adversarial": l_adv.detach(),
+                        "inversion_loss": torch.tensor(inner_loss)}  # fmt: skip
+
+    tr.train(step, "robust")
+    return tr.edit(base_info() | {"adversary_tokens": adv.tokens, "adversary_nearest": adv.nearest(pipe.tokenizer, 5),
+                                  "adversary_embedding": adv.vectors().detach().cpu().tolist(),
+                                  "robust_trace": trace})  # fmt: skip

@@ -1,0 +1,88 @@
+"""The robust erasure (equation 11): its inputs, its attacker, and what it records.
+
+The contract suite (tests/test_methods_contract.py) covers it like every method (determinism,
+resume, save/load, parameter sets); the guarantee that it resists the inversion attack is in
+tests/test_guarantees.py.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from unsee.methods import erase, make_config
+
+FAST = dict(iterations=3, batch_size=2, ddim_steps=3, n_centres=5)
+
+
+def _images(pipe, n: int = 3, size: int | None = None, seed: int = 0) -> torch.Tensor:
+    size = size or pipe.vae_scale_factor * pipe.unet.config.sample_size
+    return torch.rand(n, 3, size, size, generator=torch.Generator().manual_seed(seed))
+
+
+def test_needs_images_of_each_concept(tiny_pipe):
+    cfg = make_config("robust", **FAST)
+    with pytest.raises(ValueError, match="learns from images of each erased concept.*pass `images`"):
+        erase(tiny_pipe, ["circle"], cfg)
+    with pytest.raises(ValueError, match="1 batch\\(es\\) for 2 concepts; pass one batch per concept"):
+        erase(tiny_pipe, ["circle", "square"], cfg, images=_images(tiny_pipe))
+    with pytest.raises(ValueError, match="must be a non-empty \\(N, 3, H, W\\) tensor"):
+        erase(tiny_pipe, ["circle"], cfg, images=_images(tiny_pipe)[:, :1])
+    with pytest.raises(ValueError, match="outside \\[0, 1\\]"):
+        erase(tiny_pipe, ["circle"], cfg, images=_images(tiny_pipe) * 255)
+
+
+def test_images_of_the_wrong_size_are_one_line_error(tiny_pipe):
+    size = tiny_pipe.vae_scale_factor * tiny_pipe.unet.config.sample_size
+    with pytest.raises(ValueError, match="resize them to the model's size") as e:
+        erase(tiny_pipe, ["circle"], make_config("robust", **FAST), images=_images(tiny_pipe, size=size * 2))
+    assert "\n" not in str(e.value) and f"{size}x{size}" in str(e.value)
+
+
+def test_methods_without_images_refuse_them(tiny_pipe):
+    with pytest.raises(ValueError, match="esd method does not learn from images; drop `images`"):
+        erase(tiny_pipe, ["circle"], make_config("esd", iterations=1), images=_images(tiny_pipe))
+
+
+def test_bad_settings_are_refused():
+    with pytest.raises(ValueError, match="unknown space 'words'"):
+        make_config("robust", space="words")
+    with pytest.raises(ValueError, match="unknown base 'uce'"):
+        make_config("robust", base="uce")
+    with pytest.raises(ValueError, match="inner_steps must be at least 1"):
+        make_config("robust", inner_steps=0)
+
+
+@pytest.mark.parametrize("space", ["free", "vocab", "both"])
+def test_the_attacker_moves_in_its_space_and_is_recorded(tiny_pipe, space):
+    table = tiny_pipe.text_encoder.get_input_embeddings().weight.detach().float()
+    edit = erase(tiny_pipe, ["circle", "square"], make_config("robust", space=space, **FAST),
+                 torch.Generator().manual_seed(0), images=[_images(tiny_pipe, seed=1), _images(tiny_pipe, seed=2)])  # fmt: skip
+    emb = torch.tensor(edit.info["adversary_embedding"])
+    assert emb.shape == (2, 1, table.shape[1])
+    # Both parametrisations start at the vocabulary's mean; the attacker's steps moved each concept's token.
+    start = table.mean(0)
+    assert all(float((emb[k, 0] - start).abs().max()) > 1e-4 for k in range(2))
+    if space == "vocab":  # a mixture of the vocabulary stays inside its convex hull
+        assert bool((emb >= table.min(0).values - 1e-5).all() and (emb <= table.max(0).values + 1e-5).all())
+    assert edit.info["adversary_tokens"] == ["<adv0>", "<adv1>"]
+    assert len(edit.info["adversary_nearest"][0][0]) == 5
+    logged = edit.info["log"][-1]
+    assert {"l_adversarial", "inversion_loss", "l_erase", "l_preserve"} <= set(logged)
+
+
+def test_esd_base_drops_eap_preservation(tiny_pipe):
+    edit = erase(tiny_pipe, ["circle"], make_config("robust", base="esd", **FAST), images=_images(tiny_pipe))
+    assert "l_preserve" not in edit.info["log"][-1] and "R" not in edit.info
+
+
+def test_inner_attacker_leaves_the_model_to_the_outer_step(tiny_pipe):
+    # lambda_adv = 0: the attacker runs, but nothing it finds reaches the model's update, so the edit
+    # equals one where the adversarial term is present but zero-weighted in another space (same draws)
+    ims = _images(tiny_pipe)
+    a = erase(tiny_pipe, ["circle"], make_config("robust", lambda_adv=0.0, space="free", **FAST), images=ims)
+    b = erase(tiny_pipe, ["circle"], make_config("robust", lambda_adv=0.0, space="vocab", **FAST), images=ims)
+    c = erase(tiny_pipe, ["circle"], make_config("robust", lambda_adv=1.0, space="free", **FAST), images=ims)
+    for k in a.tensors:
+        torch.testing.assert_close(a.tensors[k], b.tensors[k], rtol=0, atol=0)
+    assert any(not torch.equal(a.tensors[k], c.tensors[k]) for k in a.tensors)
