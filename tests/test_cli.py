@@ -323,3 +323,34 @@ def test_inversion_and_attack_parameters_become_their_flags():
     assert cli_message("`n_vectors` must be at least 1", attack) == "--set n_vectors=VALUE must be at least 1"
     assert cli_message("`n_prompts` must be at least 1", attack) == "--prompts must be at least 1"
     assert cli_message("no checkpoint at x; start without `resume=True`", attack) == "no checkpoint at x; start without --resume"
+
+
+def test_robust_erase_then_evaluate_under_attack(tmp_path, capsys, quick_previews):
+    edit = tmp_path / "robust"
+    assert main(["erase", "--method", "robust", "--concept", "circle", "--out", str(edit), "--iterations", "2",
+                 "--set", "batch_size=1", "--set", "ddim_steps=2", "--set", "n_centres=5", "--n-images", "4"]) == 0  # fmt: skip
+    assert len(list((edit / "images" / "circle").glob("*.png"))) == 4  # D_ce: the world's renders
+    meta = json.loads((edit / "edit.json").read_text())
+    assert meta["method"] == "robust" and meta["info"]["adversary_tokens"] == ["<adv0>"]
+    out = tmp_path / "ev.json"
+    args = ["evaluate", "--edit", str(edit), "--n", "1", "--no-check", "--out", str(out), "--attacks",
+            "inversion,token-search", "--attack-n", "1", "--attack-set", "inversion.inversion_steps=2",
+            "--attack-set", "token-search.search_steps=2"]  # fmt: skip
+    assert main(args) == 0
+    report = json.loads(out.read_text())
+    assert set(report["attacks"]["circle"]) == {"inversion", "token-search"}
+    assert 0 <= report["scores"]["ASR inversion"] <= 1 and "ESR-1" in report["scores"]
+    assert "| circle |" in out.with_suffix(".md").read_text() and "inversion ASR" in out.with_suffix(".md").read_text()
+    kept = out.with_suffix("") / "attacks" / "circle" / "inversion" / "attack.json"
+    stamp = kept.stat().st_mtime_ns
+    assert main(args) == 0 and kept.stat().st_mtime_ns == stamp, "a second run reuses the kept attack results"
+    capsys.readouterr()
+    assert main(["evaluate", "--edit", str(edit), "--attacks", "nope", "--out", str(out)]) == 2
+    assert "--attacks: unknown attack 'nope'; available:" in capsys.readouterr().err
+    assert main(["erase", "--method", "esd", "--concept", "circle", "--images", str(edit / "images" / "circle"),
+                 "--out", str(tmp_path / "x")]) == 2  # fmt: skip
+    assert "--images: the esd method does not learn from images" in capsys.readouterr().err
+    assert main(["erase", "--method", "robust", "--concept", "circle", "--images", str(tmp_path / "none"),
+                 "--out", str(tmp_path / "y")]) == 2  # fmt: skip
+    err = capsys.readouterr().err.strip()
+    assert "--images: no folder" in err and "\n" not in err

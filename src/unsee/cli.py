@@ -639,8 +639,14 @@ def _evaluate(args: argparse.Namespace) -> None:
 
         undo.restore()  # attacks apply the edit themselves
         erased = report.get("erased") or [report["style"]]
+        budgets: dict[str, dict] = {}
+        for item in args.attack_set:
+            name, dot, rest = item.partition(".")
+            if not dot or name not in attacks:
+                raise ValueError(f"--attack-set takes ATTACK.KEY=VALUE for one of --attacks ({', '.join(attacks)}), got {item!r}")
+            budgets.setdefault(name, {}).update(parse_key_values([rest], "--attack-set"))
         results = attack_concepts(pipe, edit, erased, attacks, judge=oracle, n=args.attack_n, seed=args.seed,
-                                  run_dir=Path(args.out).with_suffix("") / "attacks", progress=True)  # fmt: skip
+                                  budgets=budgets, run_dir=Path(args.out).with_suffix("") / "attacks", progress=True)  # fmt: skip
         report["attacks"] = {c: {a: r.summary() for a, r in rs.items()} for c, rs in results.items()}
         for a in attacks:
             got = [rs[a].asr for rs in results.values() if a in rs]
@@ -692,6 +698,9 @@ def _add_evaluate(sub: argparse._SubParsersAction) -> None:
                     help="also attack each erased concept (e.g. inversion,token-search) and add ASR columns; results "
                     "are kept next to --out and reused, so an interrupted run resumes")  # fmt: skip
     ev.add_argument("--attack-n", type=int, default=8, help="seeds per attack prompt")
+    ev.add_argument("--attack-set", action="append", default=[], metavar="ATTACK.KEY=VALUE",
+                    help="change an attack's budget, e.g. inversion.inversion_steps=1200 (default: the budgets the "
+                    "attacks benchmark fixed)")  # fmt: skip
     ev.add_argument("--no-check", action="store_true",
                     help="skip the second judge (no per-class agreement with the oracle, nothing flagged)")  # fmt: skip
     ev.set_defaults(func=_evaluate)
