@@ -17,7 +17,8 @@ from unsee.world.render import render, sample_scene
 
 # Each attack's search shortened to a few steps; evaluation on 2 seeds of 2 prompts.
 FAST = {"inversion": dict(inversion_steps=4, batch_size=2), "token-search": dict(search_steps=4, batch_size=2),
-        "synonym": {}}  # fmt: skip
+        "synonym": {}, "noise": dict(etas=(1.0, 1.85), variance_scales=(1.04,)), "completion": dict(switch_steps=(0, 1)),
+        "inpaint": dict(mask_fractions=(0.5, 0.75)), "guided": dict(scales=(0.0, 50.0), etas=(0.0,))}  # fmt: skip
 EVAL = dict(n=2, steps=2)
 LONG = {"inversion": "inversion_steps", "token-search": "search_steps"}  # attacks that search, and their length
 
@@ -63,7 +64,11 @@ def test_runs_and_reports_asr_on_the_same_seeds(erased, name):
     assert 0 <= r.asr_unattacked <= r.asr <= 1 and r.asr >= r.attacked_rate - 1e-9
     both = np.mean([u or a for ru, ra in zip(r.hits_unattacked, r.hits_attacked) for u, a in zip(ru, ra)])
     assert r.asr == pytest.approx(both)
-    assert all(p != q for p, vs in zip(r.prompts, r.adversarial_prompts) for q in vs), "the attack changes the prompt"
+    if r.info.get("samplers"):  # a probe draws the plain prompts another way
+        assert [list(vs) for vs in r.adversarial_prompts] == [[p] for p in r.prompts]
+        assert set(r.info["sampler_hits"]) == set(r.info["samplers"]) and len(r.info["samplers"]) == 2
+    else:
+        assert all(p != q for p, vs in zip(r.prompts, r.adversarial_prompts) for q in vs), "the attack changes the prompt"
 
 
 @pytest.mark.parametrize("name", attacks())
@@ -124,5 +129,5 @@ def test_bad_targets_are_clear_errors(erased):
         attack(pipe, edit, Target("circle", _judge()), make_config("synonym"), g)
     with pytest.raises(ValueError, match="does not know concept 'square'"):
         attack(pipe, edit, Target("square", _judge()), make_config("synonym"), g)
-    with pytest.raises(ValueError, match="unknown attack 'nope'; available: inversion"):
+    with pytest.raises(ValueError, match="unknown attack 'nope'; available: completion, guided, inpaint, inversion"):
         make_config("nope")

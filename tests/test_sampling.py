@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from unsee.sampling import ddim, decode, denoise, encode_prompts, sample, sample_until
+from unsee.sampling import ddim, ddim_step, decode, denoise, encode_prompts, initial_latents, sample, sample_until
 
 PROMPTS = ["a red circle", "a blue star on a dotted background"]
 
@@ -83,3 +83,38 @@ def test_prompt_images_refuses_settings_that_cannot_sample(tiny_pipe):
         prompt_images(tiny_pipe, PROMPTS[:1], n=1, steps=1, guidance_scale=-2.0)
     with pytest.raises(ValueError, match=r"^`n` must be at least 1 \(got 0\): the images per prompt"):
         prompt_images(tiny_pipe, PROMPTS[:1], n=0, steps=1)
+
+
+@pytest.mark.parametrize("pipe_name", ["tiny_pipe", "tiny_v_pipe"])
+def test_stochastic_ddim_step_equals_diffusers_up_to_eta_one(request, pipe_name):
+    # ddim_step takes |1 - a_prev - sigma^2| so that eta may pass 1 (the noise probe); up to 1 it is diffusers' step
+    pipe = request.getfixturevalue(pipe_name)
+    sched = ddim(pipe, 5)
+    g = torch.Generator().manual_seed(0)
+    z, out, noise = (torch.randn(2, 4, 16, 16, generator=g) for _ in range(3))
+    for t in sched.timesteps:
+        for eta in (0.3, 1.0):
+            ref = sched.step(out, t, z, eta=eta, variance_noise=noise).prev_sample
+            torch.testing.assert_close(ddim_step(sched, out, t, z, eta=eta, noise=noise), ref, atol=1e-5, rtol=1e-5)
+        assert torch.equal(ddim_step(sched, out, t, z), sched.step(out, t, z).prev_sample)
+        assert torch.isfinite(ddim_step(sched, out, t, z, eta=1.85, noise=noise)).all()
+
+
+def test_start_and_stop_split_a_run_exactly(tiny_pipe):
+    z = initial_latents(tiny_pipe, 2, torch.Generator().manual_seed(5))
+    kw = dict(steps=4, guidance_scale=3.0)
+    half = sample(tiny_pipe, PROMPTS, latents=z, stop_index=2, return_latents=True, **kw)
+    rest = sample(tiny_pipe, PROMPTS, latents=half, start_index=2, **kw)
+    assert torch.equal(rest, sample(tiny_pipe, PROMPTS, latents=z, **kw))
+
+
+def test_stochastic_sampling_needs_a_generator_and_a_valid_range(tiny_pipe):
+    with pytest.raises(ValueError, match=r"^`noise_generator` is needed when `eta` > 0"):
+        sample(tiny_pipe, PROMPTS[:1], steps=2, eta=0.5)
+    with pytest.raises(ValueError, match=r"^`start_index` and `stop_index` must satisfy"):
+        sample(tiny_pipe, PROMPTS[:1], steps=2, start_index=2)
+    g = lambda: torch.Generator().manual_seed(0)  # noqa: E731
+    a = sample(tiny_pipe, PROMPTS, steps=2, generator=g(), eta=1.5, noise_generator=g())
+    assert torch.equal(a, sample(tiny_pipe, PROMPTS, steps=2, generator=g(), eta=1.5, noise_generator=g()))
+    assert not torch.equal(a, sample(tiny_pipe, PROMPTS, steps=2, generator=g(), eta=1.5, variance_scale=1.04,
+                                     noise_generator=g()))  # fmt: skip

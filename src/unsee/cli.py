@@ -463,14 +463,15 @@ def _attack(args: argparse.Namespace) -> None:
     from unsee.world.attacks import attack_target, concept_prompts
 
     concept_prompts(args.concept, args.prompts)  # an unknown concept or --prompts 0: one line, before loading anything
-    if args.images is None and args.n_images < 1:
+    if cfg.uses_images and args.images is None and args.n_images < 1:
         raise ValueError(f"--n-images must be at least 1 (got {args.n_images}): the world images the attack learns from")
     edit = Edit.load(args.edit)
     pipe = load_pipeline(args.model, device=args.device)
     out = Path(args.out)
+    images = None  # only the attacks that learn from pictures get them (the probes and synonym do not)
     if args.images is not None:
         images = _model_images(pipe, args.images)
-    else:
+    elif cfg.uses_images:
         images = _model_images(pipe, str(_world_images(args.concept, out / "images", args.n_images, args.seed)))
     if judge_name == "oracle":
         from unsee.world.oracle import load_oracle
@@ -494,10 +495,14 @@ def _attack(args: argparse.Namespace) -> None:
                       ("attacked_rate", "erased, attacked prompts"), ("asr", "ASR (unattacked or attacked)")):  # fmt: skip
         print(f"| {what} | {s[key]:.1%} |")
     print(f"| search / evaluation | {s['seconds']:.0f} s / {s['eval_seconds']:.0f} s |")
-    print(
-        f"adversarial prompt: {result.adversarial_prompts[0][0]!r}"
-        + (f" (+{len(result.adversarial_prompts[0]) - 1} variants)" if len(result.adversarial_prompts[0]) > 1 else "")
-    )
+    if result.info.get("samplers"):  # a probe: the plain prompts, drawn another way
+        hits = result.info["sampler_hits"]
+        print(f"probe variants (prompt x seed hits): {', '.join(f'{k} {v}' for k, v in hits.items())}")
+    else:
+        print(
+            f"adversarial prompt: {result.adversarial_prompts[0][0]!r}"
+            + (f" (+{len(result.adversarial_prompts[0]) - 1} variants)" if len(result.adversarial_prompts[0]) > 1 else "")
+        )
     grid = attack_grid(result, out / "grid.png", n_show=args.grid_prompts)
     print(
         f"wrote {out / 'attack.json'} and {grid} (base, erased and attacked rows, same seeds)"

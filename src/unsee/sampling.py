@@ -76,7 +76,7 @@ def encode_text(tokenizer, text_encoder: torch.nn.Module, prompts: Sequence[str]
             for pos, tok in spots:
                 k = seen.get(tok, 0) % learned[tok].shape[0]
                 seen[tok] = k + 1
-                out[b, pos] = learned[tok][k].to(out.dtype)
+                out[b, pos] = learned[tok][k].to(out.device, out.dtype)
         return out
 
     handle = layer.register_forward_hook(swap)
@@ -136,14 +136,59 @@ def guided_eps(
     return e_u + guidance_scale * (e_c - e_u)
 
 
+EpsHook = Callable[[torch.Tensor, torch.Tensor, torch.Tensor, slice], torch.Tensor]
+"""``eps_hook(z_t, t, eps, rows) -> eps``: changes the guided noise prediction before the DDIM step."""
+StepHook = Callable[[torch.Tensor, torch.Tensor, slice], torch.Tensor]
+"""``step_hook(z_prev, t, rows) -> z_prev``: changes the latent right after the DDIM step from ``t``."""
+
+
+def ddim_step(sched: DDIMScheduler, out: torch.Tensor, t: torch.Tensor, z: torch.Tensor, *, eta: float = 0.0,
+              noise: torch.Tensor | None = None) -> torch.Tensor:  # fmt: skip
+    """One DDIM step from ``z`` at ``t`` (Song et al. 2021, eq. 12); ``noise`` is the variance noise when ``eta > 0``.
+
+    ``eta = 0`` is diffusers' own step. ``eta > 0`` follows diffusers' formula with ``|1 - a_prev - sigma^2|``
+    under the square root: the noise-based probe of Lu et al. (NeurIPS 2025) sweeps eta past 1, where the
+    plain formula takes the root of a negative number, and its reference scheduler takes the magnitude.
+    """
+    res = sched.step(out, t, z)
+    if eta == 0:
+        return res.prev_sample
+    if noise is None:
+        raise ValueError("`noise` is needed when `eta` > 0: the variance noise of the step")
+    t_i = int(t)
+    prev = t_i - sched.config.num_train_timesteps // sched.num_inference_steps
+    a_t = sched.alphas_cumprod[t_i]
+    a_prev = sched.alphas_cumprod[prev] if prev >= 0 else sched.final_alpha_cumprod
+    x0, kind = res.pred_original_sample, sched.config.prediction_type
+    if kind == "epsilon":
+        eps = out
+    elif kind == "v_prediction":
+        eps = a_t**0.5 * out + (1 - a_t) ** 0.5 * z
+    else:
+        eps = (z - a_t**0.5 * x0) / (1 - a_t) ** 0.5
+    std = eta * sched._get_variance(t_i, prev) ** 0.5
+    return a_prev**0.5 * x0 + (1 - a_prev - std**2).abs() ** 0.5 * eps + std * noise
+
+
 def denoise(
     unet: torch.nn.Module, sched: DDIMScheduler, z: torch.Tensor, cond: torch.Tensor, uncond: torch.Tensor | None,
-    guidance_scale: float, timesteps: torch.Tensor,
+    guidance_scale: float, timesteps: torch.Tensor, *, eta: float = 0.0, variance_scale: float = 1.0,
+    noise_generator: torch.Generator | None = None, eps_hook: EpsHook | None = None, step_hook: StepHook | None = None,
+    rows: slice = slice(None),
 ) -> torch.Tensor:  # fmt: skip
-    """DDIM steps (eta 0) over ``timesteps`` from z."""
+    """DDIM steps over ``timesteps`` from z (eta 0 unless given; see :func:`sample` for the rest)."""
+    if eta > 0 and noise_generator is None:
+        raise ValueError(f"`noise_generator` is needed when `eta` > 0 (got eta={eta}): every random draw takes a generator")
     for t in timesteps:
         eps = guided_eps(unet, sched.scale_model_input(z, t), t, cond, uncond, guidance_scale)
-        z = sched.step(eps, t, z).prev_sample
+        if eps_hook is not None:
+            eps = eps_hook(z, t, eps, rows)
+        noise = None
+        if eta > 0:
+            noise = variance_scale * randn_tensor(z.shape, generator=noise_generator, device=z.device, dtype=z.dtype)
+        z = ddim_step(sched, eps, t, z, eta=eta, noise=noise)
+        if step_hook is not None:
+            z = step_hook(z, t, rows)
     return z
 
 
@@ -186,10 +231,10 @@ def sample_until(
     return PartialSample(z_t=z, t=sched.timesteps[until], index=until, steps=steps)
 
 
-@torch.no_grad()
-def decode(pipe: StableDiffusionPipeline, z: torch.Tensor) -> torch.Tensor:
-    """Latents to images in [0, 1], ``(B, 3, H, W)`` float32."""
-    x = pipe.vae.decode(z / pipe.vae.config.scaling_factor).sample
+def decode(pipe: StableDiffusionPipeline, z: torch.Tensor, *, grad: bool = False) -> torch.Tensor:
+    """Latents to images in [0, 1], ``(B, 3, H, W)`` float32; ``grad=True`` keeps the graph (classifier guidance)."""
+    with torch.set_grad_enabled(grad):
+        x = pipe.vae.decode(z / pipe.vae.config.scaling_factor).sample
     return (x.float() / 2 + 0.5).clamp(0, 1)
 
 
@@ -206,15 +251,34 @@ def sample(
     batch_size: int = 64,
     return_latents: bool = False,
     learned: Learned | None = None,
+    eta: float = 0.0,
+    variance_scale: float = 1.0,
+    noise_generator: torch.Generator | None = None,
+    start_index: int = 0,
+    stop_index: int | None = None,
+    eps_hook: EpsHook | None = None,
+    step_hook: StepHook | None = None,
 ) -> torch.Tensor:
     """Generate one image per prompt as ``(B, 3, H, W)`` in [0, 1] (or the final latents).
 
     Prompts go through in chunks of ``batch_size``; z_T is drawn once for all prompts, so the
     result does not depend on the chunking. ``learned`` tokens (textual inversion) may appear in prompts.
+
+    What the probes beyond the text channel change (the defaults leave plain DDIM as it is):
+    ``eta > 0`` adds ``eta * sigma_t * variance_scale * noise`` at every step, the noise drawn from
+    ``noise_generator`` chunk by chunk (so with eta > 0 the images depend on ``batch_size``);
+    ``start_index``/``stop_index`` run only ``timesteps[start_index:stop_index]`` of the ``steps``
+    (``latents`` is then z at ``timesteps[start_index]``); ``eps_hook(z_t, t, eps, rows)`` changes the
+    noise prediction and ``step_hook(z_prev, t, rows)`` the latent after each step, ``rows`` being the
+    chunk's slice of ``prompts``. Hooks run under ``no_grad``; one that needs gradients enables them.
     """
     if len(prompts) == 0:
         raise ValueError("`prompts` is empty: pass at least one prompt to sample")
     check_sampling(steps, guidance_scale)
+    stop = steps if stop_index is None else stop_index
+    if not 0 <= start_index < stop <= steps:
+        raise ValueError(f"`start_index` and `stop_index` must satisfy 0 <= start_index < stop_index <= steps ({steps}), "
+                         f"got {start_index} and {stop_index}")  # fmt: skip
     z_all = latents if latents is not None else initial_latents(pipe, len(prompts), generator)
     neg = encode_prompts(pipe, [negative_prompt])
     out = []
@@ -223,6 +287,9 @@ def sample(
         cond = encode_prompts(pipe, chunk, learned)
         sched = ddim(pipe, steps)
         uncond = neg.expand(len(chunk), -1, -1)
-        z = denoise(pipe.unet, sched, z_all[i : i + len(chunk)], cond, uncond, guidance_scale, sched.timesteps)
+        z = denoise(pipe.unet, sched, z_all[i : i + len(chunk)], cond, uncond, guidance_scale,
+                    sched.timesteps[start_index:stop], eta=eta, variance_scale=variance_scale,
+                    noise_generator=noise_generator, eps_hook=eps_hook, step_hook=step_hook,
+                    rows=slice(i, i + len(chunk)))  # fmt: skip
         out.append(z if return_latents else decode(pipe, z))
     return torch.cat(out)

@@ -4,7 +4,9 @@ the registry behind ``attack(pipe, edit, target, cfg, generator) -> AttackResult
 An attack searches for a prompt or an embedding that makes the *erased* model draw the erased
 concept again. Its success is read by a :class:`~unsee.judges.Judge` on images generated with the
 same seeds three ways: the base model on the plain prompts, the erased model on the plain prompts
-(unattacked) and the erased model on the attack's prompts (attacked). ASR follows UnlearnDiffAtk:
+(unattacked) and the erased model on the attack's prompts (attacked), or, for the probes beyond
+the text channel (noise, completion, inpaint, guided), on the plain prompts drawn the probe's way
+(its :class:`Sampler` s). ASR follows UnlearnDiffAtk:
 a seed counts when the unattacked prompt already shows the concept or the attacked one does, and
 where an attack offers several variants of a prompt (synonyms, probes) the judge keeps the best.
 """
@@ -17,7 +19,7 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Protocol, runtime_checkable
 
 import torch
 from diffusers import StableDiffusionPipeline
@@ -28,7 +30,7 @@ from unsee.edits import Edit
 from unsee.judges import Judge, detects, group_of
 from unsee.models import sampling_defaults
 from unsee.registry import Registry
-from unsee.sampling import initial_latents, sample
+from unsee.sampling import Learned, initial_latents, sample
 
 
 @dataclass
@@ -44,6 +46,8 @@ class AttackConfig:
     """The judge reads the concept when it is in the top-k of its group."""
 
     name: ClassVar[str] = "?"
+    uses_images: ClassVar[bool] = False
+    """The attack learns from images of the concept (``Target.images``)."""
 
     def __post_init__(self) -> None:
         for f in ("n", "k"):
@@ -85,13 +89,39 @@ class Target:
         return self.images
 
 
+@runtime_checkable
+class Sampler(Protocol):
+    """A way of drawing the attacked images other than the erased model's plain DDIM (a probe's variant).
+
+    ``sampler(pipe, edit, prompts, latents, *, steps, guidance_scale, learned, force)`` draws one image
+    per prompt from the given z_T ``latents`` as ``(B, 3, H, W)`` in [0, 1]. It applies ``edit`` itself
+    (``pipe`` comes unedited and must be left so), since some probes run the base model for a part.
+    """
+
+    @property
+    def name(self) -> str: ...
+
+    def __call__(self, pipe: StableDiffusionPipeline, edit: Edit, prompts: list[str], latents: torch.Tensor, *,
+                 steps: int, guidance_scale: float, learned: Learned | None, force: bool) -> torch.Tensor: ...  # fmt: skip
+
+
+def probe_seed(generator: torch.Generator) -> int:
+    """A seed for a probe sampler's own random draws, taken from the attack's generator (same seed, same draws)."""
+    return int(torch.randint(0, 2**62, (1,), generator=generator))
+
+
 @dataclass(frozen=True)
 class Found:
-    """What an attack's search returns: per plain prompt, the variants to try (best kept)."""
+    """What an attack's search returns: per plain prompt, the variants to try (best kept).
+
+    ``samplers``: the probes' ways of drawing the attacked images; every variant prompt is drawn with
+    every sampler and the judge keeps the best. Empty: the erased model's plain DDIM.
+    """
 
     variants: list[list[str]]
     learned: LearnedConcept | None = None
     info: dict[str, Any] = field(default_factory=dict)
+    samplers: tuple[Sampler, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -228,7 +258,9 @@ def attack(
     if len(found.variants) != len(target.prompts) or not all(found.variants):
         raise RuntimeError(f"attack {cfg.name} must return at least one variant for each of the {len(target.prompts)} prompts")
     t1 = time.perf_counter()
-    hits, images = evaluate_prompts(pipe, edit, target, found, cfg, seed, force=force, reuse=reuse)
+    hits, images, by_sampler = evaluate_prompts(pipe, edit, target, found, cfg, seed, force=force, reuse=reuse)
+    if found.samplers:  # which probe variant brought the concept back, in how many prompt x seed cells
+        found.info["sampler_hits"] = by_sampler
     return AttackResult(
         attack=cfg.name, config=cfg.to_dict() | {"seed": seed}, concept=target.concept, label=target.judge_label,
         base_fingerprint=edit.base_fingerprint,
@@ -258,29 +290,50 @@ def _reusable(prev: AttackResult | None, edit: Edit, target: Target, cfg: Attack
 def evaluate_prompts(
     pipe: StableDiffusionPipeline, edit: Edit, target: Target, found: Found, cfg: AttackConfig, seed: int, *,
     force: bool = False, reuse: AttackResult | None = None,
-) -> tuple[dict[str, tuple[tuple[bool, ...], ...]], dict[str, torch.Tensor]]:  # fmt: skip
-    """Judge the base, unattacked and attacked generations, every prompt with the same ``cfg.n`` z_T."""
+) -> tuple[dict[str, tuple[tuple[bool, ...], ...]], dict[str, torch.Tensor], dict[str, int]]:  # fmt: skip
+    """Judge the base, unattacked and attacked generations, every prompt with the same ``cfg.n`` z_T.
+
+    Returns the hits, the images (the attacked row: each prompt's first variant, drawn by the first of
+    a probe's samplers whose image shows the concept) and, for probes, each sampler's number of hits.
+    """
     d = sampling_defaults(pipe)
     kw = dict(steps=cfg.steps or d.steps, guidance_scale=d.guidance_scale if cfg.guidance_scale is None else cfg.guidance_scale)
     plain = target.plain_prompts()
     z = initial_latents(pipe, cfg.n, torch.Generator().manual_seed(seed))
     learned = found.learned.tokens if found.learned is not None else None
 
-    def read(prompts: list[str], n_variants: int = 1) -> tuple[list[list[bool]], torch.Tensor]:
+    def read(prompts: list[str], sampler: Sampler | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         lat = z.repeat(len(prompts), 1, 1, 1)
-        x = sample(pipe, [p for p in prompts for _ in range(cfg.n)], latents=lat, learned=learned, **kw)
-        hit = detects(target.judge, x, target.judge_label, cfg.k).view(len(prompts), cfg.n)
-        return hit.tolist(), x
+        rep = [p for p in prompts for _ in range(cfg.n)]
+        if sampler is None:
+            x = sample(pipe, rep, latents=lat, learned=learned, **kw)
+        else:
+            x = sampler(pipe, edit, rep, lat, learned=learned, force=force, **kw)
+        return detects(target.judge, x, target.judge_label, cfg.k), x
 
     if reuse is not None:
         base, unatt, x_base, x_un = reuse.hits_base, reuse.hits_unattacked, torch.empty(0), torch.empty(0)
     else:
-        base, x_base = read(plain)
+        hit, x_base = read(plain)
+        base = hit.view(len(plain), cfg.n).tolist()
+    flat = [v for vs in found.variants for v in vs]
     with edit.applied(pipe, force=force):
         if reuse is None:
-            unatt, x_un = read(plain)
-        flat = [v for vs in found.variants for v in vs]
-        att_flat, x_att = read(flat)
+            hit, x_un = read(plain)
+            unatt = hit.view(len(plain), cfg.n).tolist()
+        if not found.samplers:
+            att_hit, x_att = read(flat)
+    by_sampler: dict[str, int] = {}
+    for s in found.samplers:  # each probe variant applies the edit itself; keep the first image that shows the concept
+        hit, x = read(flat, s)
+        by_sampler[s.name] = int(hit.sum())
+        if s is found.samplers[0]:
+            att_hit, x_att = hit, x
+        else:
+            new = hit & ~att_hit
+            x_att[new.to(x_att.device)] = x[new.to(x.device)].to(x_att.dtype)
+            att_hit = att_hit | hit
+    att_flat = att_hit.view(len(flat), cfg.n).tolist()
     attacked, first, i = [], [], 0
     for vs in found.variants:  # the judge keeps the best variant per prompt and seed
         rows = att_flat[i : i + len(vs)]
@@ -290,4 +343,4 @@ def evaluate_prompts(
     x_first = x_att.view(-1, cfg.n, *x_att.shape[1:])[first].flatten(0, 1)
     tup = lambda rows: tuple(tuple(bool(h) for h in r) for r in rows)  # noqa: E731
     return ({"base": tup(base), "unattacked": tup(unatt), "attacked": tuple(attacked)},
-            {"base": x_base, "unattacked": x_un, "attacked": x_first})  # fmt: skip
+            {"base": x_base, "unattacked": x_un, "attacked": x_first}, by_sampler)  # fmt: skip

@@ -7,6 +7,7 @@ of the erased concept; the learned token then stands in for the concept's word i
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import ClassVar
 
 import torch
 from diffusers import StableDiffusionPipeline
@@ -19,6 +20,8 @@ from unsee.edits import Edit
 @dataclass
 class InversionAttackConfig(AttackConfig):
     """Concept Inversion's settings: one new token, lr 5e-3; ``steps`` scaled to the model (see the benchmark)."""
+
+    uses_images: ClassVar[bool] = True
 
     token: str = "<adv>"
     n_vectors: int = 1

@@ -12,6 +12,7 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import ClassVar
 
 import torch
 from diffusers import DDIMScheduler, StableDiffusionPipeline
@@ -28,6 +29,8 @@ from unsee.sampling import encode_prompts
 @dataclass
 class TokenSearchConfig(AttackConfig):
     """UnlearnDiffAtk's settings: 5 prepended tokens, Adam lr 0.01; ``search_steps`` scaled in the benchmark."""
+
+    uses_images: ClassVar[bool] = True
 
     k_tokens: int = 5
     search_steps: int = 320
