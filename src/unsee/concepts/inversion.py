@@ -70,7 +70,8 @@ class InversionRun:
 
 @torch.no_grad()
 def encode_images(pipe: StableDiffusionPipeline, images: torch.Tensor, batch_size: int = 64) -> torch.Tensor:
-    """The VAE's latent means of images in [0, 1] (scaled as the UNet sees them)."""
+    """The VAE's latent means of images in [0, 1] (scaled as the UNet sees them), on the CPU: the noise and
+    timesteps of training draws come from CPU generators, and the batches go to the model's device."""
     h, w = images.shape[-2:]
     _, _, lh, lw = latent_shape(pipe, 1)
     f = pipe.vae_scale_factor
@@ -79,7 +80,7 @@ def encode_images(pipe: StableDiffusionPipeline, images: torch.Tensor, batch_siz
     dev, dtype = pipe.vae.device, pipe.vae.dtype
     out = [pipe.vae.encode((images[i : i + batch_size] * 2 - 1).to(dev, dtype)).latent_dist.mean
            for i in range(0, len(images), batch_size)]  # fmt: skip
-    return torch.cat(out).float() * pipe.vae.config.scaling_factor
+    return torch.cat(out).float().cpu() * pipe.vae.config.scaling_factor
 
 
 def _initial_vectors(pipe: StableDiffusionPipeline, cfg: InversionConfig) -> torch.Tensor:
