@@ -1,20 +1,29 @@
 #!/usr/bin/env bash
-# One short GPU check: a DDIM sampling step (CFG, batch 1) of an SD-1.4-shaped pipeline in fp32/fp16/bf16,
-# through unsee's sampler. For the device tool: carry .whl (a diffusers wheel), e.g.
-#   run(command="bash benchmarks/gpu_check.sh", carry=[".whl"], timeout_s=300)
-set -euo pipefail
+# The one prepared GPU session (the device tool lends 15 minutes; this fits in ~9):
+#  1. real-scale timings: a DDIM step (CFG, batch 1) of an SD-1.4-shaped pipeline through unsee's
+#     sampler in fp32 / fp16 / bf16 (random weights of the true shapes);
+#  2. benchmarks/robust.py's jobs, one process each, side by side on the GPU, cut at ROBUST_SECONDS
+#     (every job keeps what it finished; the report is written from whatever is there).
+# Run: run(command="bash benchmarks/gpu_check.sh", carry=[".whl"], timeout_s=560)
+# with .whl holding diffusers 0.42.1 and transformers 5.25.0 wheels (the machine has neither version).
+set -uo pipefail
 if ls .whl/*.whl >/dev/null 2>&1; then
-  python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl
-  export PYTHONPATH=/tmp/site:$PWD/src
+  python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl || exit 1
+  export PYTHONPATH=/tmp/site
 fi
-export PYTHONUNBUFFERED=1
-python3 - <<'PY'
+export PYTHONPATH=${PYTHONPATH:+$PYTHONPATH:}$PWD/src PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1
+OUT=${OUT:-/tmp/gpu_out}
+mkdir -p "$OUT"
+nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader | tee "$OUT/machine.txt"
+nproc >> "$OUT/machine.txt"
+
+timeout 120 python3 - <<'PY' 2>&1 | tee "$OUT/timings.log"
 import json, os, time, torch
 from unsee.testing import sd14_shaped_pipeline
 from unsee.sampling import sample
 dev = "cuda"
-print(torch.cuda.get_device_name(0))
-res = {}
+print(torch.cuda.get_device_name(0), torch.__version__)
+res = {"device": torch.cuda.get_device_name(0), "torch": torch.__version__}
 for dtype in (torch.float32, torch.float16, torch.bfloat16):
     pipe = sd14_shaped_pipeline(dtype=dtype).to(dev)
     g = lambda: torch.Generator(dev).manual_seed(0)
@@ -23,8 +32,23 @@ for dtype in (torch.float32, torch.float16, torch.bfloat16):
     sample(pipe, ["a red circle"], steps=20, guidance_scale=7.5, generator=g(), return_latents=True)
     torch.cuda.synchronize(); dt = (time.perf_counter() - t) / 20
     res[str(dtype)] = {"seconds_per_step": dt, "peak_gib": torch.cuda.max_memory_allocated() / 2**30}
-    print(dtype, f"{dt*1000:.1f} ms/step", f"{res[str(dtype)]['peak_gib']:.2f} GiB")
+    print(dtype, f"{dt*1000:.1f} ms/step", f"{res[str(dtype)]['peak_gib']:.2f} GiB", flush=True)
     del pipe; torch.cuda.empty_cache(); torch.cuda.reset_peak_memory_stats()
-out = os.environ.get("OUT", ".")
-json.dump(res, open(os.path.join(out, "gpu_check.json"), "w"), indent=2)
+json.dump(res, open(os.path.join(os.environ["OUT"], "gpu_check.json"), "w"), indent=2)
 PY
+
+cd benchmarks
+n=$(python3 robust.py --list-jobs)
+echo "robust.py: $n jobs" | tee -a "$OUT/machine.txt"
+mkdir -p /tmp/logs
+for i in $(seq 0 $((n - 1))); do
+  UNSEE_THREADS=1 OMP_NUM_THREADS=1 timeout "${ROBUST_SECONDS:-330}" python3 robust.py --device cuda --shard "$i/$n" \
+    > "/tmp/logs/shard$i.log" 2>&1 &
+done
+wait
+python3 robust.py --report-only --device cuda > /tmp/logs/report.log 2>&1
+grep -h -v -i "torchvision\|warn" /tmp/logs/*.log > "$OUT/robust.log"
+cp results/robust.json results/robust.md "$OUT/" 2>/dev/null
+cp results/robust.png "$OUT/" 2>/dev/null
+tar czf "$OUT/robust_runs.tgz" --exclude='*.safetensors' --exclude='checkpoint.pt' -C results robust_runs
+ls -la "$OUT"
