@@ -33,7 +33,7 @@ import torch
 
 from _report import judge_flags, write_report
 from erasure import COMMON, SETTINGS, synonyms_excluded
-from unsee.attacks import AttackResult, AttackRun, attack, attacks, make_config
+from unsee.attacks import AttackResult, AttackRun, asr_best_of, attack, attacks, make_config
 from unsee.edits import Edit
 from unsee.methods import config_class, erase
 from unsee.methods import make_config as method_config
@@ -59,6 +59,7 @@ D_CE_SEED, D_C_SEED = 0, 1  # the defence's training images and the attacker's a
 N_IMAGES = 32
 INNER_BUDGET = ROBUST["inner_steps"] * COMMON["iterations"]
 BUDGETS = {"inversion": (300, INNER_BUDGET, 2 * INNER_BUDGET, 4 * INNER_BUDGET), "token-search": (160, 320, 640)}
+RESTART_SEEDS = (1, 2)  # with seed 0's run at the same budget: 3 restarts
 STEP_KEY = {"inversion": "inversion_steps", "token-search": "search_steps"}
 # Probe grids scaled from "When Are Concepts Erased" (50 steps, guidance 7.5) to the mini's sampling:
 PROBES = {
@@ -67,9 +68,11 @@ PROBES = {
     # The base model takes 1-3 of the 50 steps in the paper; here 1-3 of the mini's own steps (a larger share).
     "completion": dict(switch_steps=(1, 2, 3)),
     "inpaint": dict(mask_fractions=(0.5,)),  # the paper's centre 256x256 of 512x512
-    # The paper's scales (25-193) multiply a latent classifier's gradient; here the judge reads the decoded x0
-    # prediction, whose gradient is on another scale: a log grid 100-10000, with deterministic and eta-1 DDIM.
-    "guided": dict(scales=(100.0, 1000.0, 10000.0), etas=(0.0, 1.0)),
+    # The paper's scales (25-193) multiply a latent classifier's gradient; here the oracle reads the decoded x0
+    # prediction, whose gradient is on another scale. Calibrated on the base model (16 seeds of "a red square"
+    # guided towards circle): mean p(circle) 0.002 unguided, 0.06 / 0.10 / 0.08 at scales 0.1 / 0.3 / 1, 0.009 at 3,
+    # and 0 at 10-1000 (the step leaves the data). So 0.1-1, with deterministic and eta-1 DDIM.
+    "guided": dict(scales=(0.1, 0.3, 1.0), etas=(0.0, 1.0)),
 }
 
 
@@ -123,13 +126,14 @@ def train_edit(pipe, folder: Path, row: str, erasure: str, plan: Plan) -> Edit:
     return edit
 
 
-def run_attack(pipe, judge, edit: Edit, concept: str, name: str, folder: Path, n: int, plan: Plan, **budget) -> AttackResult:
+def run_attack(pipe, judge, edit: Edit, concept: str, name: str, folder: Path, n: int, plan: Plan, seed: int = 0,
+               **budget) -> AttackResult:  # fmt: skip
     if (folder / "attack.json").exists():
         return AttackResult.load(folder)
     target = attack_target(concept, concept_images(concept, plan.n_images, D_C_SEED), n_prompts=4, judge=judge)
     cfg = make_config(name, n=n, **({**plan.attack_budgets.get(name, {}), **plan.probes.get(name, {}), **budget}))
     run = AttackRun(folder / "run", checkpoint_every=100, resume=(folder / "run" / "checkpoint.pt").exists(), progress=False)
-    r = attack(pipe, edit, target, cfg, torch.Generator().manual_seed(0), run=run)
+    r = attack(pipe, edit, target, cfg, torch.Generator().manual_seed(seed), run=run, eval_seed=0)
     r.save(folder)
     print(edit.method, concept, name, budget, f"ASR {r.asr:.2f}", flush=True)
     return r
@@ -137,7 +141,7 @@ def run_attack(pipe, judge, edit: Edit, concept: str, name: str, folder: Path, n
 
 def jobs(args) -> list[tuple]:
     """Circle jobs first (the budget sweep and the probes: the longest), then the splits."""
-    out: list[tuple] = [("circle", row, part) for row in args.circle_rows for part in ("inversion", "rest")]
+    out: list[tuple] = [("circle", row, part) for row in args.circle_rows for part in ("inversion", "adaptive", "rest")]
     return out + [("split", row, i) for row in args.split_rows for i in args.splits]
 
 
@@ -167,6 +171,14 @@ def do_job(job: tuple, pipe, judge, parts: Path, args, plan: Plan) -> None:
             for b in steps:
                 run_attack(pipe, judge, edit, "circle", a, parts / "attacks" / "circle" / row / f"{a}_{b}", args.attack_n,
                            plan, **{STEP_KEY[a]: b})  # fmt: skip
+        if part == "adaptive":  # the adaptive attacker's other knobs: more vectors, and restarts (best kept)
+            b = plan.budgets["inversion"][-1]
+            run_attack(pipe, judge, edit, "circle", "inversion", parts / "attacks" / "circle" / row / f"inversion_v4_{b}",
+                       args.attack_n, plan, n_vectors=4, inversion_steps=b)  # fmt: skip
+            b = plan.budgets["inversion"][1]
+            for s in RESTART_SEEDS:
+                folder = parts / "attacks" / "circle" / row / f"inversion_{b}_seed{s}"
+                run_attack(pipe, judge, edit, "circle", "inversion", folder, args.attack_n, plan, seed=s, inversion_steps=b)
         for p in plan.probes if part == "rest" else ():
             if p in attacks():
                 run_attack(pipe, judge, edit, "circle", p, parts / "attacks" / "circle" / row / p, args.attack_n, plan)
@@ -261,7 +273,7 @@ def summarise(parts: Path, fp: str, args, plan: Plan) -> tuple[dict, str]:
     report: dict = {"model_fingerprint": fp, "settings": {k: v for k, v in vars(args).items() if k != "shard"},
                     "common": plan.common, "rows": {r: ROWS[r][1] for r in ROWS},
                     "attack_budgets": plan.attack_budgets, "budgets": plan.budgets, "inner_budget": INNER_BUDGET,
-                    "split": {}, "budget": {}, "probes": {}, "judge_flagged": sorted(flags)}  # fmt: skip
+                    "split": {}, "budget": {}, "adaptive": {}, "probes": {}, "judge_flagged": sorted(flags)}  # fmt: skip
     for row in ROWS:
         per_split = []
         for i in args.splits:
@@ -286,6 +298,14 @@ def summarise(parts: Path, fp: str, args, plan: Plan) -> tuple[dict, str]:
                 d = circle / f"{a}_{b}"
                 if (d / "attack.json").exists():
                     report["budget"].setdefault(row, {}).setdefault(a, {})[b] = AttackResult.load(d).asr
+        b = plan.budgets["inversion"]
+        v4, restarts = circle / f"inversion_v4_{b[-1]}", [circle / f"inversion_{b[1]}"] + [
+            circle / f"inversion_{b[1]}_seed{s}" for s in RESTART_SEEDS]  # fmt: skip
+        if (v4 / "attack.json").exists():
+            report["adaptive"].setdefault(row, {})[f"4 vectors, {b[-1]} steps"] = AttackResult.load(v4).asr
+        if all((d / "attack.json").exists() for d in restarts):
+            best = asr_best_of([AttackResult.load(d) for d in restarts])
+            report["adaptive"].setdefault(row, {})[f"best of {len(restarts)} restarts, {b[1]} steps"] = best
         for p in plan.probes:
             if (circle / p / "attack.json").exists():
                 r = AttackResult.load(circle / p)
@@ -327,6 +347,18 @@ def summarise(parts: Path, fp: str, args, plan: Plan) -> tuple[dict, str]:
             lines.append(
                 f"| {row} | " + " | ".join(f"{100 * by[a][b]:.0f}%" if b in by.get(a, {}) else "–" for b in steps) + " |"
             )
+        lines.append("")
+    if report["adaptive"]:
+        keys = list(dict.fromkeys(k for by in report["adaptive"].values() for k in by))
+        lines += [
+            "Inversion with the attacker's other knobs (more vectors per token; restarts from other seeds, the best "
+            "kept per evaluation seed):",
+            "",
+            "| method | " + " | ".join(keys) + " |",
+            "|---" * (len(keys) + 1) + "|",
+        ]
+        for row, by in report["adaptive"].items():
+            lines.append(f"| {row} | " + " | ".join(f"{100 * by[k]:.0f}%" if k in by else "–" for k in keys) + " |")
         lines.append("")
     if report["probes"]:
         lines += ["## Probes beyond the text channel (circle erased alone)", "",

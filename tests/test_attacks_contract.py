@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from unsee.attacks import AttackResult, AttackRun, Target, attack, attacks, config_from_dict, make_config
+from unsee.attacks import AttackResult, AttackRun, Target, asr_best_of, attack, attacks, config_from_dict, make_config
 from unsee.edits import FingerprintMismatch
 from unsee.judges import ClassifierJudge
 from unsee.methods import erase
@@ -98,6 +98,19 @@ def test_config_round_trips_through_json(name):
     cfg = make_config(name, **(EVAL | FAST[name]))
     again = config_from_dict(json.loads(json.dumps(cfg.to_dict())))
     assert again == cfg and type(again) is type(cfg)
+
+
+@pytest.mark.parametrize("name", sorted(LONG))
+def test_restarts_share_the_evaluation_seeds_and_the_best_one_counts(erased, name):
+    pipe, edit = erased
+    cfg = make_config(name, **(EVAL | FAST[name]))
+    runs = [attack(pipe, edit, _target(), cfg, torch.Generator().manual_seed(s), eval_seed=7) for s in (1, 2)]
+    assert runs[0].hits_unattacked == runs[1].hits_unattacked and runs[0].hits_base == runs[1].hits_base
+    assert [r.config["search_seed"] for r in runs] == [1, 2] and all(r.config["seed"] == 7 for r in runs)
+    best = asr_best_of(runs)
+    assert max(r.asr for r in runs) <= best <= sum(r.asr for r in runs)
+    with pytest.raises(ValueError, match="pass `eval_seed`"):
+        asr_best_of([runs[0], _attack(pipe, edit, name, seed=3)])
 
 
 @pytest.mark.parametrize("name", sorted(LONG))

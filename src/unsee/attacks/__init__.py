@@ -20,6 +20,7 @@ from unsee.attacks.base import (
     Found,
     Sampler,
     Target,
+    asr_best_of,
     attack,
     attacks,
     config_class,
@@ -27,5 +28,5 @@ from unsee.attacks.base import (
     make_config,
 )
 
-__all__ = ["AttackConfig", "AttackResult", "AttackRun", "Found", "Sampler", "Target", "attack", "attacks", "config_class",
-           "config_from_dict", "make_config"]  # fmt: skip
+__all__ = ["AttackConfig", "AttackResult", "AttackRun", "Found", "Sampler", "Target", "asr_best_of", "attack", "attacks",
+           "config_class", "config_from_dict", "make_config"]  # fmt: skip

@@ -237,11 +237,14 @@ def attack(
     force: bool = False,
     keep_images: bool = False,
     reuse: AttackResult | None = None,
+    eval_seed: int | None = None,
 ) -> AttackResult:
     """Attack ``edit`` (applied to ``pipe``, which is left unchanged) to bring ``target`` back.
 
-    ``generator`` seeds the search; the evaluation's z_T come from a generator seeded the same way,
-    so two attacks with one seed are judged on the same images' starting noise. ``reuse``: an earlier
+    ``generator`` seeds the search; the evaluation's z_T come from a generator seeded the same way
+    (or with ``eval_seed``: restarts of a search from other seeds are then judged on the same z_T,
+    and an attacker who keeps the best restart succeeds on a seed when any restart does), so two
+    attacks with one seed are judged on the same images' starting noise. ``reuse``: an earlier
     result on the same edit, prompts, seed and evaluation settings whose base and unattacked readings
     are taken instead of generated again (they do not depend on the attack).
     """
@@ -250,7 +253,7 @@ def attack(
     if not target.prompts or any("{}" not in p for p in target.prompts):
         raise ValueError(f"every one of `target.prompts` must hold '{{}}' for the concept, got {list(target.prompts)}")
     g = generator if generator is not None else torch.Generator().manual_seed(0)
-    seed = g.initial_seed()
+    seed = g.initial_seed() if eval_seed is None else eval_seed
     reuse = _reusable(reuse, edit, target, cfg, seed)
     t0 = time.perf_counter()
     found = _REGISTRY.function(cfg.name)(pipe, edit, target, cfg, g, run=run or AttackRun(progress=False), force=force)
@@ -262,7 +265,8 @@ def attack(
     if found.samplers:  # which probe variant brought the concept back, in how many prompt x seed cells
         found.info["sampler_hits"] = by_sampler
     return AttackResult(
-        attack=cfg.name, config=cfg.to_dict() | {"seed": seed}, concept=target.concept, label=target.judge_label,
+        attack=cfg.name, config=cfg.to_dict() | {"seed": seed, "search_seed": g.initial_seed()}, concept=target.concept,
+        label=target.judge_label,
         base_fingerprint=edit.base_fingerprint,
         edit={"method": edit.method, "concepts": list(edit.concepts), "digest": edit.digest},
         prompts=tuple(target.plain_prompts()), adversarial_prompts=tuple(tuple(v) for v in found.variants),
@@ -273,6 +277,22 @@ def attack(
 
 
 EVAL_FIELDS = ("n", "steps", "guidance_scale", "k")
+
+
+def asr_best_of(results: Sequence[AttackResult]) -> float:
+    """ASR of an attacker who keeps the best of several restarts: a seed counts when its plain prompt or any
+    restart's attacked prompt shows the concept. The restarts must share the edit, prompts and evaluation z_T
+    (``attack(..., eval_seed=)``)."""
+    if not results:
+        raise ValueError("`results` is empty; pass the restarts' AttackResults")
+    first = results[0]
+    for r in results[1:]:
+        if (r.edit["digest"], r.prompts, r.config.get("seed"), r.config.get("n")) != (
+            first.edit["digest"], first.prompts, first.config.get("seed"), first.config.get("n")):  # fmt: skip
+            raise ValueError("restarts must share the edit, prompts and evaluation seed; pass `eval_seed` to attack()")
+    cells = [[u or any(r.hits_attacked[i][j] for r in results) for j, u in enumerate(row)]
+             for i, row in enumerate(first.hits_unattacked)]  # fmt: skip
+    return AttackResult._rate(cells)
 
 
 def _reusable(prev: AttackResult | None, edit: Edit, target: Target, cfg: AttackConfig, seed: int) -> AttackResult | None:
