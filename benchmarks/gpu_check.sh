@@ -17,7 +17,7 @@ mkdir -p "$OUT"
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader | tee "$OUT/machine.txt"
 nproc >> "$OUT/machine.txt"
 
-timeout 120 python3 - <<'PY' 2>&1 | tee "$OUT/timings.log"
+timeout 200 python3 - <<'PY' 2>&1 | tee "$OUT/timings.log"
 import json, os, time, torch
 from unsee.testing import sd14_shaped_pipeline
 from unsee.sampling import sample
@@ -33,8 +33,28 @@ for dtype in (torch.float32, torch.float16, torch.bfloat16):
     torch.cuda.synchronize(); dt = (time.perf_counter() - t) / 20
     res[str(dtype)] = {"seconds_per_step": dt, "peak_gib": torch.cuda.max_memory_allocated() / 2**30}
     print(dtype, f"{dt*1000:.1f} ms/step", f"{res[str(dtype)]['peak_gib']:.2f} GiB", flush=True)
+    json.dump(res, open(os.path.join(os.environ["OUT"], "gpu_check.json"), "w"), indent=2)
     del pipe; torch.cuda.empty_cache(); torch.cuda.reset_peak_memory_stats()
-json.dump(res, open(os.path.join(os.environ["OUT"], "gpu_check.json"), "w"), indent=2)
+# Erasure at real scale: seconds per update and peak memory of esd, eap and robust (fp32 masters, batch 4,
+# 10-step partial DDIM), timed as the difference between 7 and 2 updates so that set-up cancels out.
+from unsee.methods import erase, make_config
+pipe = sd14_shaped_pipeline().to(dev)
+images = [torch.rand(4, 3, 512, 512, generator=torch.Generator().manual_seed(0))]
+common = dict(iterations=2, batch_size=4, ddim_steps=10, template="a {}")
+for method, own in (("esd", {}), ("eap", {"n_centres": 20}), ("robust", {"n_centres": 20})):
+    kw = {"images": images} if method == "robust" else {}
+    secs = []
+    try:
+        for iters in (2, 7):
+            torch.cuda.reset_peak_memory_stats(); torch.cuda.synchronize(); t = time.perf_counter()
+            erase(pipe, ["circle"], make_config(method, **(common | own | {"iterations": iters})), torch.Generator().manual_seed(0), **kw)
+            torch.cuda.synchronize(); secs.append(time.perf_counter() - t)
+    except Exception as e:  # the rest of the lease still runs
+        print(method, "FAILED", repr(e), flush=True)
+        continue
+    res[f"erase_{method}"] = {"seconds_per_update": (secs[1] - secs[0]) / 5, "peak_gib": torch.cuda.max_memory_allocated() / 2**30}
+    print(method, f"{res[f'erase_{method}']['seconds_per_update']:.3f} s/update", f"{res[f'erase_{method}']['peak_gib']:.1f} GiB", flush=True)
+    json.dump(res, open(os.path.join(os.environ["OUT"], "gpu_check.json"), "w"), indent=2)
 PY
 
 cd benchmarks
