@@ -100,3 +100,23 @@ def test_inversion_recovers_an_object_the_prompts_never_name(mini_pipe):
     rate = sum(r.rate("object", "star") for r in with_token) / len(colours)
     base = sum(r.rate("object", "star") for r in without) / len(colours)
     assert rate >= 0.6 and rate >= base + 0.4, f"the learned token drew stars {rate:.2f} of the time, without it {base:.2f}"
+
+
+def test_robust_erasure_halves_the_inversion_attack_on_circle(mini_pipe):
+    """Equation (11): erasing "circle" against the attacker's own embedding leaves the inversion attack
+    (equation 10) at most half the success it has on ESD, at the same small budget, seeds and judge."""
+    from unsee.attacks import attack
+    from unsee.attacks import make_config as attack_config
+    from unsee.world.attacks import attack_target
+    from unsee.world.concepts import concept_images
+
+    common = dict(iterations=200, lr=3e-4, batch_size=4, ddim_steps=10, template="a {}")
+    esd = erase(mini_pipe, ["circle"], make_config("esd", **common), torch.Generator().manual_seed(0))
+    robust = erase(mini_pipe, ["circle"], make_config("robust", n_centres=20, exclude=("disk",), **common),
+                   torch.Generator().manual_seed(0), images=concept_images("circle", 32, seed=0))  # fmt: skip
+    target = attack_target("circle", concept_images("circle", 32, seed=1), n_prompts=4)
+    cfg = attack_config("inversion", n=4, inversion_steps=100, batch_size=8, lr=5e-3)
+    asr = {name: attack(mini_pipe, e, target, cfg, torch.Generator().manual_seed(0)).asr
+           for name, e in (("esd", esd), ("robust", robust))}  # fmt: skip
+    assert asr["esd"] >= 0.5, f"the attack must work on ESD for the comparison to mean anything: {asr}"
+    assert asr["robust"] <= asr["esd"] / 2, f"inversion ASR at 100 steps: {asr}"
