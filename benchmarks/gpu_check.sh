@@ -17,7 +17,7 @@ mkdir -p "$OUT"
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader | tee "$OUT/machine.txt"
 nproc >> "$OUT/machine.txt"
 
-timeout 170 python3 - <<'PY' 2>&1 | tee "$OUT/timings.log"
+[ -n "${SKIP_TIMINGS:-}" ] || timeout 170 python3 - <<'PY' 2>&1 | tee "$OUT/timings.log"
 import json, os, time, torch
 from unsee.methods import erase, make_config
 from unsee.sampling import sample
@@ -59,17 +59,19 @@ for dtype in (torch.float32, torch.float16, torch.bfloat16):
 PY
 
 cd benchmarks
-n=$(python3 robust.py --list-jobs)
+n=$(python3 robust.py --list-jobs ${ROBUST_ARGS:-})
 echo "robust.py: $n jobs" | tee -a "$OUT/machine.txt"
 mkdir -p /tmp/logs
 for i in $(seq 0 $((n - 1))); do
-  UNSEE_THREADS=1 OMP_NUM_THREADS=1 timeout "${ROBUST_SECONDS:-300}" python3 robust.py --device cuda --shard "$i/$n" \
+  UNSEE_THREADS=1 OMP_NUM_THREADS=1 timeout "${ROBUST_SECONDS:-300}" python3 robust.py --device cuda --shard "$i/$n" ${ROBUST_ARGS:-} \
     > "/tmp/logs/shard$i.log" 2>&1 &
 done
 wait
-python3 robust.py --report-only --device cuda > /tmp/logs/report.log 2>&1
+python3 robust.py --report-only --device cuda ${ROBUST_ARGS:-} > /tmp/logs/report.log 2>&1
 grep -h -v -i "torchvision\|warn" /tmp/logs/*.log > "$OUT/robust.log"
 cp results/robust.json results/robust.md "$OUT/" 2>/dev/null
 cp results/robust.png "$OUT/" 2>/dev/null
-tar czf "$OUT/robust_runs.tgz" --exclude='*.safetensors' --exclude='checkpoint.pt' -C results robust_runs
+# The circle edits come back (small: cross-attention only); the split edits and checkpoints do not.
+tar czf "$OUT/robust_runs.tgz" --exclude='*split*/edit.safetensors' --exclude='*noxattn*/edit.safetensors' \
+  --exclude='checkpoint.pt' -C results robust_runs
 ls -la "$OUT"

@@ -59,6 +59,7 @@ D_CE_SEED, D_C_SEED = 0, 1  # the defence's training images and the attacker's a
 N_IMAGES = 32
 INNER_BUDGET = ROBUST["inner_steps"] * COMMON["iterations"]
 BUDGETS = {"inversion": (300, INNER_BUDGET, 2 * INNER_BUDGET, 4 * INNER_BUDGET), "token-search": (160, 320, 640)}
+CIRCLE_PARTS = ("inversion", "adaptive", "tokens", "probes")
 RESTART_SEEDS = (1, 2)  # with seed 0's run at the same budget: 3 restarts
 STEP_KEY = {"inversion": "inversion_steps", "token-search": "search_steps"}
 # Probe grids scaled from "When Are Concepts Erased" (50 steps, guidance 7.5) to the mini's sampling:
@@ -129,7 +130,7 @@ def train_edit(pipe, folder: Path, row: str, erasure: str, plan: Plan) -> Edit:
 def run_attack(pipe, judge, edit: Edit, concept: str, name: str, folder: Path, n: int, plan: Plan, seed: int = 0,
                **budget) -> AttackResult:  # fmt: skip
     if (folder / "attack.json").exists():
-        return AttackResult.load(folder)
+        return AttackResult.load(folder, learned=False)
     target = attack_target(concept, concept_images(concept, plan.n_images, D_C_SEED), n_prompts=4, judge=judge)
     cfg = make_config(name, n=n, **({**plan.attack_budgets.get(name, {}), **plan.probes.get(name, {}), **budget}))
     run = AttackRun(folder / "run", checkpoint_every=100, resume=(folder / "run" / "checkpoint.pt").exists(), progress=False)
@@ -141,7 +142,7 @@ def run_attack(pipe, judge, edit: Edit, concept: str, name: str, folder: Path, n
 
 def jobs(args) -> list[tuple]:
     """Circle jobs first (the budget sweep and the probes: the longest), then the splits."""
-    out: list[tuple] = [("circle", row, part) for row in args.circle_rows for part in ("inversion", "adaptive", "rest")]
+    out: list[tuple] = [("circle", row, part) for row in args.circle_rows for part in args.circle_parts]
     return out + [("split", row, i) for row in args.split_rows for i in args.splits]
 
 
@@ -166,7 +167,7 @@ def do_job(job: tuple, pipe, judge, parts: Path, args, plan: Plan) -> None:
         _, row, part = job
         edit = edit_for(pipe, parts, row, "circle", plan)
         for a, steps in plan.budgets.items():
-            if (a == "inversion") != (part == "inversion"):
+            if part != {"inversion": "inversion", "token-search": "tokens"}[a]:
                 continue
             for b in steps:
                 run_attack(pipe, judge, edit, "circle", a, parts / "attacks" / "circle" / row / f"{a}_{b}", args.attack_n,
@@ -179,7 +180,7 @@ def do_job(job: tuple, pipe, judge, parts: Path, args, plan: Plan) -> None:
             for s in RESTART_SEEDS:
                 folder = parts / "attacks" / "circle" / row / f"inversion_{b}_seed{s}"
                 run_attack(pipe, judge, edit, "circle", "inversion", folder, args.attack_n, plan, seed=s, inversion_steps=b)
-        for p in plan.probes if part == "rest" else ():
+        for p in plan.probes if part == "probes" else ():
             if p in attacks():
                 run_attack(pipe, judge, edit, "circle", p, parts / "attacks" / "circle" / row / p, args.attack_n, plan)
 
@@ -188,7 +189,7 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument(
         "--split-rows",
-        nargs="+",
+        nargs="*",
         default=["eap", "eap-noxattn", "robust"],
         choices=list(ROWS),
         help="rows of the object protocol under attack (esd's split ASR is in benchmarks/results/attacks.md)",
@@ -199,6 +200,13 @@ def main() -> None:
         default=["esd", "eap", "robust"],
         choices=list(ROWS),
         help="rows of the budget sweep and the probes, on circle erased alone",
+    )
+    ap.add_argument(
+        "--circle-parts",
+        nargs="*",
+        default=list(CIRCLE_PARTS),
+        choices=list(CIRCLE_PARTS),
+        help="the circle jobs: inversion and token-search budget sweeps, the adaptive attacker, the probes",
     )
     ap.add_argument("--splits", nargs="+", type=int, default=list(range(len(SPLITS))))
     ap.add_argument("--n", type=int, default=4, help="images per prompt of the object protocol (8 prompts per class)")
@@ -273,7 +281,8 @@ def summarise(parts: Path, fp: str, args, plan: Plan) -> tuple[dict, str]:
     report: dict = {"model_fingerprint": fp, "settings": {k: v for k, v in vars(args).items() if k != "shard"},
                     "common": plan.common, "rows": {r: ROWS[r][1] for r in ROWS},
                     "attack_budgets": plan.attack_budgets, "budgets": plan.budgets, "inner_budget": INNER_BUDGET,
-                    "split": {}, "budget": {}, "adaptive": {}, "probes": {}, "judge_flagged": sorted(flags)}  # fmt: skip
+                    "split": {}, "budget": {}, "adaptive": {}, "probes": {}, "circle_edits": {},
+                    "judge_flagged": sorted(flags)}  # fmt: skip
     for row in ROWS:
         per_split = []
         for i in args.splits:
@@ -283,8 +292,8 @@ def summarise(parts: Path, fp: str, args, plan: Plan) -> tuple[dict, str]:
             res = json.loads(f.read_text())
             asr = {}
             for a in ("inversion", "token-search"):
-                got = [AttackResult.load(d) for c in SPLITS[i] if (d := parts / "attacks" / f"split{i}" / row / c / a).exists()
-                       and (d / "attack.json").exists()]  # fmt: skip
+                kept = [parts / "attacks" / f"split{i}" / row / c / a for c in SPLITS[i]]
+                got = [AttackResult.load(d, learned=False) for d in kept if (d / "attack.json").exists()]
                 if got:  # a cut run may have attacked only some of the split's objects: the count says so
                     asr[a] = sum(r.asr for r in got) / len(got)
                     asr[f"{a} concepts"] = len(got)
@@ -293,22 +302,26 @@ def summarise(parts: Path, fp: str, args, plan: Plan) -> tuple[dict, str]:
         if per_split:
             report["split"][row] = per_split
         circle = parts / "attacks" / "circle" / row
+        # Which edit each circle result was made on: a GPU re-run retrains the edit, not bit for bit.
+        digests = sorted({json.loads(f.read_text())["edit"]["digest"] for f in circle.glob("*/attack.json")})
+        if digests:
+            report["circle_edits"][row] = digests
         for a, steps in plan.budgets.items():
             for b in steps:
                 d = circle / f"{a}_{b}"
                 if (d / "attack.json").exists():
-                    report["budget"].setdefault(row, {}).setdefault(a, {})[b] = AttackResult.load(d).asr
+                    report["budget"].setdefault(row, {}).setdefault(a, {})[b] = AttackResult.load(d, learned=False).asr
         b = plan.budgets["inversion"]
         v4, restarts = circle / f"inversion_v4_{b[-1]}", [circle / f"inversion_{b[1]}"] + [
             circle / f"inversion_{b[1]}_seed{s}" for s in RESTART_SEEDS]  # fmt: skip
         if (v4 / "attack.json").exists():
-            report["adaptive"].setdefault(row, {})[f"4 vectors, {b[-1]} steps"] = AttackResult.load(v4).asr
+            report["adaptive"].setdefault(row, {})[f"4 vectors, {b[-1]} steps"] = AttackResult.load(v4, learned=False).asr
         if all((d / "attack.json").exists() for d in restarts):
-            best = asr_best_of([AttackResult.load(d) for d in restarts])
+            best = asr_best_of([AttackResult.load(d, learned=False) for d in restarts])
             report["adaptive"].setdefault(row, {})[f"best of {len(restarts)} restarts, {b[1]} steps"] = best
         for p in plan.probes:
             if (circle / p / "attack.json").exists():
-                r = AttackResult.load(circle / p)
+                r = AttackResult.load(circle / p, learned=False)
                 report["probes"].setdefault(row, {})[p] = {"asr": r.asr, "unattacked": r.asr_unattacked, "config": r.config}
     lines = ["# Robust erasure (equation 11) under attack", "",
              f"Model `mini`, fingerprint `{fp}`. Shared settings `{json.dumps(plan.common)}`; rows add "
@@ -339,6 +352,8 @@ def summarise(parts: Path, fp: str, args, plan: Plan) -> tuple[dict, str]:
                      f"{mean(rows, 'unattacked', 'asr')} | {count(rows, 'inversion')} / {count(rows, 'token-search')} of "
                      f"{5 * len(rows)} | {secs:.0f} |")  # fmt: skip
     lines += ["", "## ASR against attack budget (circle erased alone)", "",
+              "Edits attacked (digests; more than one where the edit was trained again between runs): "
+              + "; ".join(f"{r} {', '.join(d)}" for r, d in report["circle_edits"].items()) + ".", "",
               f"The robust method's attacker took {INNER_BUDGET} inversion steps over its training "
               f"({ROBUST['inner_steps']} per update); budgets go to 4x that.", ""]  # fmt: skip
     for a, steps in plan.budgets.items():

@@ -191,17 +191,18 @@ class AttackResult:
         return folder
 
     @classmethod
-    def load(cls, folder: str | Path) -> AttackResult:
+    def load(cls, folder: str | Path, *, learned: bool = True) -> AttackResult:
+        """The result saved in ``folder``; ``learned=False`` reads its numbers without the learned embedding's files."""
         folder = Path(folder)
         if not (folder / "attack.json").exists():
             raise FileNotFoundError(f"no attack result at {folder} (attack.json missing)")
         d = json.loads((folder / "attack.json").read_text())
-        learned = LearnedConcept.load(folder / "learned") if d.get("learned") else None
+        emb = LearnedConcept.load(folder / "learned") if d.get("learned") and learned else None
         tup = lambda rows: tuple(tuple(r) for r in rows)  # noqa: E731
         return cls(attack=d["attack"], config=d["config"], concept=d["concept"], label=d["label"],
                    base_fingerprint=d["base_fingerprint"], edit=d["edit"], prompts=tuple(d["prompts"]),
                    adversarial_prompts=tup(d["adversarial_prompts"]), hits_base=tup(d["hits_base"]),
-                   hits_unattacked=tup(d["hits_unattacked"]), hits_attacked=tup(d["hits_attacked"]), learned=learned,
+                   hits_unattacked=tup(d["hits_unattacked"]), hits_attacked=tup(d["hits_attacked"]), learned=emb,
                    seconds=d["seconds"], eval_seconds=d["eval_seconds"], info=d["info"],
                    unsee_version=d.get("unsee_version", "?"))  # fmt: skip
 

@@ -6,7 +6,9 @@ The erasure term is ESD's negatively guided target; the preserved concept c_a is
 draw over a vocabulary R of concepts near c_e, and the logits of pi ascend the preservation loss.
 The ascent rides on the UNet step's own backward pass (simultaneous gradient descent-ascent), and
 c_e and c_a share one batched partial DDIM and one batched forward/backward, which is why EAP
-costs well under 2x ESD here rather than the published 4x. ``adversary="predicted"`` skips the
+costs well under 2x ESD on the mini model on CPU. At SD-1.4 scale on an H200 it costs 4.1x ESD
+per update, as published (benchmarks/results/gpu_check.md): there the backward pass through the
+frozen UNet to c_a dominates. ``adversary="predicted"`` skips the
 search: c_a is drawn from the concepts an impact predictor ranks most affected (the talk's Idea 2).
 """
 
