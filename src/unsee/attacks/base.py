@@ -105,6 +105,14 @@ class Sampler(Protocol):
                  steps: int, guidance_scale: float, learned: Learned | None, force: bool) -> torch.Tensor: ...  # fmt: skip
 
 
+def check_grid(cfg: AttackConfig, *names: str) -> None:
+    """Refuse an empty probe grid or a negative value in one, naming the setting."""
+    for f in names:
+        v = getattr(cfg, f)
+        if not v or any(x < 0 for x in v):
+            raise ValueError(f"`{f}` must be a non-empty tuple of values at least 0, got {v}")
+
+
 def probe_seed(generator: torch.Generator) -> int:
     """A seed for a probe sampler's own random draws, taken from the attack's generator (same seed, same draws)."""
     return int(torch.randint(0, 2**62, (1,), generator=generator))

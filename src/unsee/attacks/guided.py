@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 import torch
 from diffusers import StableDiffusionPipeline
 
-from unsee.attacks.base import AttackConfig, AttackRun, Found, Target, probe_seed, register
+from unsee.attacks.base import AttackConfig, AttackRun, Found, Target, check_grid, probe_seed, register
 from unsee.attacks.noise import ETAS
 from unsee.edits import Edit
 from unsee.judges import Judge, score
@@ -40,10 +40,7 @@ class GuidedConfig(AttackConfig):
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        for f in ("scales", "etas"):
-            v = getattr(self, f)
-            if not v or any(x < 0 for x in v):
-                raise ValueError(f"`{f}` must be a non-empty tuple of values at least 0, got {v}")
+        check_grid(self, "scales", "etas")
         if self.batch_size < 1:
             raise ValueError(f"`batch_size` must be at least 1, got {self.batch_size}")
 

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 import torch
 from diffusers import StableDiffusionPipeline
 
-from unsee.attacks.base import AttackConfig, AttackRun, Found, Target, probe_seed, register
+from unsee.attacks.base import AttackConfig, AttackRun, Found, Target, check_grid, probe_seed, register
 from unsee.edits import Edit
 from unsee.sampling import Learned, sample
 
@@ -33,10 +33,7 @@ class NoiseConfig(AttackConfig):
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        for f in ("etas", "variance_scales"):
-            v = getattr(self, f)
-            if not v or any(x < 0 for x in v):
-                raise ValueError(f"`{f}` must be a non-empty tuple of values at least 0, got {v}")
+        check_grid(self, "etas", "variance_scales")
 
 
 @dataclass(frozen=True)
