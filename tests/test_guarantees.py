@@ -104,7 +104,8 @@ def test_inversion_recovers_an_object_the_prompts_never_name(mini_pipe):
 
 def test_robust_erasure_halves_the_inversion_attack_on_circle(mini_pipe):
     """Equation (11): erasing "circle" against the attacker's own embedding leaves the inversion attack
-    (equation 10) at most half the success it has on ESD, at the same small budget, seeds and judge."""
+    (equation 10) at most half the success it has on ESD, at the same budget (the 300 steps the attacks
+    benchmark fixed), seeds and judge. At 100 steps it does not: ESD 94%, robust 50% (issue 25's notes)."""
     from unsee.attacks import attack
     from unsee.attacks import make_config as attack_config
     from unsee.world.attacks import attack_target
@@ -115,8 +116,8 @@ def test_robust_erasure_halves_the_inversion_attack_on_circle(mini_pipe):
     robust = erase(mini_pipe, ["circle"], make_config("robust", n_centres=20, exclude=("disk",), **common),
                    torch.Generator().manual_seed(0), images=concept_images("circle", 32, seed=0))  # fmt: skip
     target = attack_target("circle", concept_images("circle", 32, seed=1), n_prompts=4)
-    cfg = attack_config("inversion", n=4, inversion_steps=100, batch_size=8, lr=5e-3)
+    cfg = attack_config("inversion", n=4, inversion_steps=300, batch_size=8, lr=5e-3)
     asr = {name: attack(mini_pipe, e, target, cfg, torch.Generator().manual_seed(0)).asr
            for name, e in (("esd", esd), ("robust", robust))}  # fmt: skip
     assert asr["esd"] >= 0.5, f"the attack must work on ESD for the comparison to mean anything: {asr}"
-    assert asr["robust"] <= asr["esd"] / 2, f"inversion ASR at 100 steps: {asr}"
+    assert asr["robust"] <= asr["esd"] / 2, f"inversion ASR at 300 steps: {asr}"
