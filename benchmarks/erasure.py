@@ -24,6 +24,7 @@ from unsee.methods import erase, make_config
 from unsee.models import fingerprint, load_pipeline, sampling_defaults
 from unsee.world import OBJECTS, STYLE_WORDS
 from unsee.world.captions import OBJECT_SYNONYMS
+from unsee.world.concepts import concept_images
 from unsee.world.judge2 import load_judge2
 from unsee.world.oracle import load_oracle
 from unsee.world.protocols import SPLITS, Sampling, class_rates, flagged_classes, judge_objects, object_scores, style_scores
@@ -46,6 +47,8 @@ SETTINGS: dict[str, tuple[str, dict]] = {
     "eap-shared": ("eap", EAP | dict(adversary_latents="shared")),
     # No search: preserve the 8 concepts the shipped impact predictor ranks most affected (Idea 2).
     "eap-predicted": ("eap", EAP | dict(adversary="predicted", n_predicted=8, adversary_latents="own")),
+    # Equation (11) over eap: learns from 32 renders of each erased object (benchmarks/robust.py attacks it).
+    "robust": ("robust", EAP | dict(adversary_latents="own")),
 }
 
 
@@ -92,7 +95,8 @@ def main() -> None:
             if not f.exists():
                 cfg = make_config(method, **(common | own | synonyms_excluded(method, SPLITS[i])))
                 t0 = time.perf_counter()
-                edit = erase(pipe, list(SPLITS[i]), cfg, torch.Generator().manual_seed(i))
+                ims = {"images": [concept_images(c, 32, seed=0) for c in SPLITS[i]]} if cfg.uses_images else {}
+                edit = erase(pipe, list(SPLITS[i]), cfg, torch.Generator().manual_seed(i), **ims)
                 seconds = time.perf_counter() - t0
                 edit.save(parts / "edits" / f"{label}_split{i}")  # benchmarks/attacks.py attacks these same edits
                 with edit.applied(pipe):
@@ -117,7 +121,7 @@ def main() -> None:
 
 def synonyms_excluded(method: str, erased) -> dict:
     """EAP never preserves another name of an erased concept (preserving "disk" would undo "circle")."""
-    if method != "eap":
+    if method not in ("eap", "robust"):
         return {}
     names = {**OBJECT_SYNONYMS, **STYLE_WORDS}
     return {"exclude": tuple(w for c in erased for w in names.get(c, (c,)))}
@@ -137,7 +141,8 @@ def style_rows(pipe, oracle, s: Sampling, args, common: dict, parts: Path) -> di
             cfg = make_config(method, **(common | own | {"template": "a {} pattern"}
                                          | synonyms_excluded(method, [args.style])))  # fmt: skip
             t0 = time.perf_counter()
-            edit = erase(pipe, [args.style], cfg, torch.Generator().manual_seed(0))
+            ims = {"images": [concept_images(args.style, 32, seed=0)]} if cfg.uses_images else {}
+            edit = erase(pipe, [args.style], cfg, torch.Generator().manual_seed(0), **ims)
             seconds = time.perf_counter() - t0
             with edit.applied(pipe):
                 f.write_text(json.dumps(style_scores(pipe, oracle, args.style, s) | {"seconds": seconds}))

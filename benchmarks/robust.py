@@ -115,7 +115,7 @@ def train_edit(pipe, folder: Path, row: str, erasure: str, plan: Plan) -> Edit:
     method, own = ROWS[row]
     concepts = list(SPLITS[int(erasure[5:])]) if erasure.startswith("split") else ["circle"]
     seed = int(erasure[5:]) if erasure.startswith("split") else 0
-    excluded = synonyms_excluded("eap" if method != "esd" else method, concepts)
+    excluded = synonyms_excluded(method, concepts)
     known = {f.name for f in fields(config_class(method))}
     cfg = method_config(method, **(plan.common | own | excluded | {k: v for k, v in plan.overrides.items() if k in known}))
     kw = {"images": [concept_images(c, plan.n_images, D_CE_SEED) for c in concepts]} if cfg.uses_images else {}
