@@ -107,7 +107,7 @@ def attack_concepts(
     the same edit, so an interrupted evaluation resumes. The synonym attack is skipped for concepts
     without another name.
     """
-    from unsee.attacks import AttackRun, attack, make_config
+    from unsee.attacks import AttackRun, attack, config_class, make_config
 
     if judge is None:
         from unsee.world.oracle import load_oracle
@@ -115,7 +115,8 @@ def attack_concepts(
         judge = load_oracle()
     out: dict[str, dict[str, AttackResult]] = {}
     for c in concepts:
-        target = attack_target(c, concept_images(c, n_images, seed=1), n_prompts=n_prompts, judge=judge)
+        needs = any(config_class(a).uses_images for a in attacks)  # the probes draw no picture of the concept
+        target = attack_target(c, concept_images(c, n_images, seed=1) if needs else None, n_prompts=n_prompts, judge=judge)
         out[c] = {}
         for a in attacks:
             if a == "synonym" and not target.synonyms:
