@@ -215,6 +215,7 @@ def main() -> None:
     ap.add_argument("--shard", default="0/1", help="i/n: run every n-th job starting at i")
     ap.add_argument("--report-only", action="store_true")
     ap.add_argument("--list-jobs", action="store_true", help="print the number of jobs (for --shard) and stop")
+    ap.add_argument("--note", default=None, help="a sentence the report must carry (where and how it was measured)")
     ap.add_argument("--quick", action="store_true", help="every job shrunk to seconds, to check the script (measures nothing)")
     ap.add_argument("--runs", default=str(RESULTS / "robust_runs"))
     ap.add_argument("--out", default=str(RESULTS / "robust"))
@@ -237,6 +238,9 @@ def main() -> None:
             except Exception:  # one broken job must not cost the others (a GPU lease is short)
                 print("FAILED", job, traceback.format_exc(), flush=True)
     report, md = summarise(parts, fp, args, plan)
+    if args.note:
+        report["note"] = args.note
+        md = md.replace("\n\n", f"\n\nNote: {args.note}\n\n", 1)
     write_report(args.out, report, md)
     if report["budget"]:
         plot_budget(report, Path(args.out).with_suffix(".png"))
