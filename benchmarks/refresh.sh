@@ -27,5 +27,5 @@ step "concepts from pictures" concepts "$py" benchmarks/concepts.py
 step "attacks (on the erasure step's split-0 edits)" attacks "$py" benchmarks/attacks.py
 # Many hours on 2 cores (every object of 4 splits attacked, budgets to 4x, probes): bash benchmarks/gpu_check.sh
 # runs the same jobs side by side on a GPU, and both resume from what benchmarks/results/robust_runs/ holds.
-step "erasure under attack (robust)" robust bash -c "cd benchmarks && ../$py robust.py"
+step "erasure under attack (robust)" robust "$py" benchmarks/robust.py
 echo "$(date -u +%FT%TZ) done"
