@@ -130,7 +130,9 @@ def train_edit(pipe, folder: Path, row: str, erasure: str, plan: Plan) -> Edit:
 def run_attack(pipe, judge, edit: Edit, concept: str, name: str, folder: Path, n: int, plan: Plan, seed: int = 0,
                **budget) -> AttackResult:  # fmt: skip
     if (folder / "attack.json").exists():
-        return AttackResult.load(folder, learned=False)
+        kept = AttackResult.load(folder, learned=False)
+        if kept.edit["digest"] == edit.digest:
+            return kept  # else the edit was trained again (another device): attack the edit at hand
     target = attack_target(concept, concept_images(concept, plan.n_images, D_C_SEED), n_prompts=4, judge=judge)
     cfg = make_config(name, n=n, **({**plan.attack_budgets.get(name, {}), **plan.probes.get(name, {}), **budget}))
     run = AttackRun(folder / "run", checkpoint_every=100, resume=(folder / "run" / "checkpoint.pt").exists(), progress=False)
@@ -152,14 +154,15 @@ def do_job(job: tuple, pipe, judge, parts: Path, args, plan: Plan) -> None:
         erasure = f"split{i}"
         f = parts / "split" / f"{row}_{erasure}.json"
         edit = edit_for(pipe, parts, row, erasure, plan)
-        if not f.exists():
+        if not f.exists() or json.loads(f.read_text()).get("edit_digest") != edit.digest:
             d = sampling_defaults("mini")
             s = Sampling(n=args.n, seed=0, steps=d.steps, guidance_scale=d.guidance_scale)
             with edit.applied(pipe):
                 rates = class_rates(judge_objects(pipe, judge, OBJECTS, s))
             seconds = json.loads((parts / "edits" / f"{row}_{erasure}" / "seconds.json").read_text())
             f.parent.mkdir(parents=True, exist_ok=True)
-            f.write_text(json.dumps(object_scores(rates, SPLITS[i]) | seconds | {"per_class": rates}, indent=1))
+            res = object_scores(rates, SPLITS[i]) | seconds | {"edit_digest": edit.digest, "per_class": rates}
+            f.write_text(json.dumps(res, indent=1))
         for c in SPLITS[i]:
             for a in ("inversion", "token-search"):
                 run_attack(pipe, judge, edit, c, a, parts / "attacks" / erasure / row / c / a, args.attack_n, plan)
@@ -298,6 +301,7 @@ def summarise(parts: Path, fp: str, args, plan: Plan) -> tuple[dict, str]:
             for a in ("inversion", "token-search"):
                 kept = [parts / "attacks" / f"split{i}" / row / c / a for c in SPLITS[i]]
                 got = [AttackResult.load(d, learned=False) for d in kept if (d / "attack.json").exists()]
+                got = [r for r in got if r.edit["digest"] == res.get("edit_digest")]  # on the edit scored above
                 if got:  # a cut run may have attacked only some of the split's objects: the count says so
                     asr[a] = sum(r.asr for r in got) / len(got)
                     asr[f"{a} concepts"] = len(got)
