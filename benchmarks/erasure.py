@@ -183,12 +183,18 @@ def summarise(rows: dict[str, list[dict]], common: dict, args: argparse.Namespac
                 rel = summary[label]["psr1_loss"] / summary[other]["psr1_loss"]
                 summary[f"{label}_loss_over_{other}_loss"] = rel
                 lines.append(f"{label}'s PSR-1 loss / {other}'s: {rel:.2f}")
-    flags = {m: sorted({c for r in rs for c in flagged_classes(r.get("per_class", {}))}) for m, rs in rows.items()}
+
+    # An erased class's images show no object for the judges to agree on: only the classes a split
+    # preserves (every class for the base model) are checked.
+    def kept(m: str, i: int, r: dict) -> dict:
+        return {k: v for k, v in r.get("per_class", {}).items() if m == "base" or k not in SPLITS[i]}
+
+    flags = {m: sorted({c for i, r in zip(args.splits, rs) for c in flagged_classes(kept(m, i, r))}) for m, rs in rows.items()}
     summary["flagged"] = flags
     if any(flags.values()):
-        lines += ["", "Classes where the oracle and the second judge agree on fewer than 80% of the generated images "
-                  "(⚠, their ESR/PSR rest on the oracle alone): "
-                  + "; ".join(f"{m}: {', '.join(f)}" for m, f in flags.items() if f) + "."]  # fmt: skip
+        lines += ["", "Preserved classes where the oracle and the second judge agree on fewer than 80% of the generated "
+                  "images in some split (⚠, their PSR rests on the oracle alone; splits measured without the second judge "
+                  "count for none): " + "; ".join(f"{m}: {', '.join(f)}" for m, f in flags.items() if f) + "."]  # fmt: skip
     else:
         lines += ["", "No per-class agreement in these runs (made before the second judge): see benchmarks/results/judges.md "
                   "for the classes the judges disagree on in the base model's images (square, hexagon, star)."]  # fmt: skip
