@@ -40,8 +40,9 @@ class RobustConfig(EAPConfig):
     base: Literal["eap", "esd"] = "eap"
     """The method whose loss the adversarial term is added to (``esd`` ignores EAP's settings)."""
     lambda_adv: float = 4.0
-    """Weight of the adversarial erasure term ||eps'(x_t, p*) - eps(x_t, c_n)||^2 (on "circle", the inversion
-    attack's ASR at 300 steps: 50% at 1, 34% at 4, against plain EAP's 91%: benchmarks/results/robust.md)."""
+    """Weight of the adversarial erasure term ||eps'(x_t, p*) - eps(x_t, c_n)||^2. Erasing "circle", the inversion
+    attack's ASR at 300 steps was 50% at 1 and 34% at 4 in development runs on CPU (plain EAP: 91%, attacks.md);
+    benchmarks/results/robust.md measures 4 on a GPU: 38% against EAP's 75%."""
     c_n: str = ""
     """Where the adversary's embedding is sent: eps(x_t, c_n)."""
     space: Literal["free", "vocab", "both"] = "free"
