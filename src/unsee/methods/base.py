@@ -119,7 +119,7 @@ def erase(
     check_learned(pipe, extra, force=force)
     if extra and getattr(cfg, "adversary", "search") == "predicted":
         raise ValueError("the impact predictor scores words, not learned concepts; use `adversary='search'`")
-    kw = {"images": concept_images(images, len(concepts), cfg)} if cfg.uses_images else {}
+    kw = {"images": check_images(images, len(concepts), cfg)} if cfg.uses_images else {}
     if images is not None and not cfg.uses_images:
         raise ValueError(f"the {cfg.name} method does not learn from images; drop `images` (the robust method uses them)")
     fn = _REGISTRY.function(cfg.name)
@@ -128,8 +128,8 @@ def erase(
               learned=learned_tokens(extra), **kw)  # fmt: skip
 
 
-def concept_images(images: torch.Tensor | Sequence[torch.Tensor] | None, n_concepts: int,
-                   cfg: MethodConfig) -> list[torch.Tensor]:  # fmt: skip
+def check_images(images: torch.Tensor | Sequence[torch.Tensor] | None, n_concepts: int,
+                 cfg: MethodConfig) -> list[torch.Tensor]:  # fmt: skip
     """``images`` as one ``(N, 3, H, W)`` batch per erased concept, with one-line errors naming the fix."""
     if images is None:
         raise ValueError(f"the {cfg.name} method learns from images of each erased concept (D_ce); pass `images`, "
