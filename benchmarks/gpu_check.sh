@@ -2,8 +2,9 @@
 # The one prepared GPU session (the device tool lends 15 minutes; this takes ~8.5):
 #  1. real-scale timings on an SD-1.4-shaped pipeline (random weights of the true shapes): seconds per
 #     update and peak memory of esd, eap and robust; a DDIM step (CFG, batch 1) in fp32 / fp16 / bf16;
-#  2. benchmarks/robust.py's jobs, one process each, side by side on the GPU, cut at ROBUST_SECONDS
-#     (every job keeps what it finished; the report is written from whatever is there).
+#  2. benchmarks/robust.py's jobs: one worker process per CPU core on the GPU (under CUDA MPS when the
+#     machine has it), each claiming jobs until none is left, cut at ROBUST_SECONDS (every job keeps what it
+#     finished; the report is written from whatever is there).
 # Run: run(command="bash benchmarks/gpu_check.sh", carry=[".whl"], timeout_s=570)
 # with .whl holding diffusers 0.42.1 and transformers 5.25.0 wheels (the machine has neither version).
 set -uo pipefail
@@ -59,19 +60,36 @@ for dtype in (torch.float32, torch.float16, torch.bfloat16):
 PY
 
 cd benchmarks
-n=$(python3 robust.py --list-jobs ${ROBUST_ARGS:-})
-echo "robust.py: $n jobs" | tee -a "$OUT/machine.txt"
+# Many small processes on one GPU: CUDA MPS lets their kernels run side by side instead of taking turns.
+# A user-level daemon with private pipes, stopped at the end; without it (or if a client cannot reach it)
+# the processes time-slice as before.
+if [ -z "${NO_MPS:-}" ] && command -v nvidia-cuda-mps-control >/dev/null; then
+  export CUDA_MPS_PIPE_DIRECTORY=/tmp/mps_pipe CUDA_MPS_LOG_DIRECTORY=/tmp/mps_log
+  mkdir -p /tmp/mps_pipe /tmp/mps_log
+  if nvidia-cuda-mps-control -d && timeout 60 python3 -c "import torch; print(torch.ones(2, device='cuda').sum().item())"; then
+    echo "MPS on" | tee -a "$OUT/machine.txt"
+  else
+    echo quit | nvidia-cuda-mps-control 2>/dev/null
+    unset CUDA_MPS_PIPE_DIRECTORY CUDA_MPS_LOG_DIRECTORY
+    echo "MPS off" | tee -a "$OUT/machine.txt"
+  fi
+fi
+workers=${WORKERS:-$(nproc)}
+python3 robust.py --list-jobs ${ROBUST_ARGS:-} 2>/dev/null > "$OUT/jobs.txt"
+echo "robust.py: $(wc -l < "$OUT/jobs.txt") jobs, $workers workers" | tee -a "$OUT/machine.txt"
 mkdir -p /tmp/logs
-for i in $(seq 0 $((n - 1))); do
-  UNSEE_THREADS=1 OMP_NUM_THREADS=1 timeout "${ROBUST_SECONDS:-300}" python3 robust.py --device cuda --shard "$i/$n" ${ROBUST_ARGS:-} \
-    > "/tmp/logs/shard$i.log" 2>&1 &
+for i in $(seq 1 "$workers"); do  # each worker claims jobs through lock files until none is left
+  UNSEE_THREADS=1 OMP_NUM_THREADS=1 timeout "${ROBUST_SECONDS:-300}" python3 robust.py --device cuda ${ROBUST_ARGS:-} \
+    > "/tmp/logs/worker$i.log" 2>&1 &
+  sleep 1
 done
 wait
+[ -n "${CUDA_MPS_PIPE_DIRECTORY:-}" ] && echo quit | nvidia-cuda-mps-control
 python3 robust.py --report-only --device cuda ${ROBUST_ARGS:-} > /tmp/logs/report.log 2>&1
 grep -h -v -i "torchvision\|warn" /tmp/logs/*.log > "$OUT/robust.log"
 cp results/robust.json results/robust.md "$OUT/" 2>/dev/null
 cp results/robust.png "$OUT/" 2>/dev/null
-# The circle edits come back (small: cross-attention only); the split edits and checkpoints do not.
-tar czf "$OUT/robust_runs.tgz" --exclude='*split*/edit.safetensors' --exclude='*noxattn*/edit.safetensors' \
-  --exclude='checkpoint.pt' -C results robust_runs
+# Every edit comes back but the large ones (all of the UNet but cross-attention, or all of it); no checkpoints.
+tar czf "$OUT/robust_runs.tgz" --exclude='*noxattn*/edit.safetensors' --exclude='*full*/edit.safetensors' \
+  --exclude='checkpoint.pt' --exclude='locks' -C results robust_runs
 ls -la "$OUT"

@@ -2,8 +2,8 @@
 eap on the noxattn parameters, on the object protocol and under every attack and probe.
 
 Three parts, each job's result kept under benchmarks/results/robust_runs/<fingerprint>/ as it
-finishes (an interrupted run resumes; ``--shard i/n`` splits the jobs between processes, which
-share nothing but that folder):
+finishes (an interrupted run resumes; any number of processes may run at once: each claims a job through
+a lock file, and they share nothing but that folder):
 
 1. ``split``: the object protocol's 4 splits (erase 5 objects at once): ESR/PSR judged by the oracle,
    seconds per erasure, and the inversion and token-search ASR of every erased object at the budgets
@@ -14,8 +14,11 @@ share nothing but that folder):
    inpaint, guided), settings scaled from the published ones (see the report); each row is labelled
    avoidance or removal by the rule in ``kind()``.
 
-Run: `.venv/bin/python benchmarks/robust.py [--device cuda] [--shard i/n]`, then
-`--report-only` writes benchmarks/results/robust.{json,md,png}.
+4. ``screen``: variants of the robust method on circle erased alone (``--screen-rows``): what makes the
+   defence stronger, at the fixed attack budget from two attack seeds.
+
+Run: `.venv/bin/python benchmarks/robust.py [--device cuda]` (in as many processes as there are cores);
+the report, benchmarks/results/robust.{json,md,png}, is written at the end of each (or `--report-only`).
 """
 
 from __future__ import annotations
@@ -52,9 +55,20 @@ ROWS: dict[str, tuple[str, dict]] = {
     # Plain EAP on the other parameter set: a defence in itself, and the one to beat.
     "eap-noxattn": ("eap", SETTINGS["eap"][1] | {"params": "noxattn"}),
     "robust": ("robust", SETTINGS["eap"][1] | ROBUST),
-    # The same with the adversarial term weighted as the erasure term: what the stronger default buys.
+    # The screen of what might make the defence stronger (circle erased alone): the adversarial term's weight,
+    # the attacker's steps, its restarts, its space, eq. 11's inner gap as written, and the parameters trained.
     "robust-l1": ("robust", SETTINGS["eap"][1] | ROBUST | {"lambda_adv": 1.0}),
+    "robust-l8": ("robust", SETTINGS["eap"][1] | ROBUST | {"lambda_adv": 8.0}),
+    "robust-s4": ("robust", SETTINGS["eap"][1] | ROBUST | {"inner_steps": 4}),
+    "robust-r40": ("robust", SETTINGS["eap"][1] | ROBUST | {"restart_every": 40}),
+    "robust-s4r75": ("robust", SETTINGS["eap"][1] | ROBUST | {"inner_steps": 4, "restart_every": 75}),
+    "robust-both": ("robust", SETTINGS["eap"][1] | ROBUST | {"space": "both"}),
+    "robust-gap": ("robust", SETTINGS["eap"][1] | ROBUST | {"inner_gap": 1 / ROBUST["lambda_adv"]}),
+    "robust-noxattn": ("robust", SETTINGS["eap"][1] | ROBUST | {"params": "noxattn"}),
+    "robust-full": ("robust", SETTINGS["eap"][1] | ROBUST | {"params": "full"}),
 }
+SCREEN = [r for r in ROWS if r.startswith("robust")]
+SCREEN_SEEDS = (0, 1)  # the screen's inversion at the fixed budget, from two attack seeds
 D_CE_SEED, D_C_SEED = 0, 1  # the defence's training images and the attacker's are different renders
 N_IMAGES = 32
 INNER_BUDGET = ROBUST["inner_steps"] * COMMON["iterations"]
@@ -118,6 +132,15 @@ def train_edit(pipe, folder: Path, row: str, erasure: str, plan: Plan) -> Edit:
     excluded = synonyms_excluded(method, concepts)
     known = {f.name for f in fields(config_class(method))}
     cfg = method_config(method, **(plan.common | own | excluded | {k: v for k, v in plan.overrides.items() if k in known}))
+    kept = RESULTS / "erasure_runs" / folder.parent.parent.name / "edits" / folder.name
+    if (kept / "edit.json").exists() and not cfg.uses_images:  # the erasure benchmark trained this very edit
+        other = Edit.load(kept)
+        if other.config == cfg.to_dict() and other.seed == seed and list(other.concepts) == concepts:
+            other.save(folder)
+            scored = json.loads((kept.parent.parent / f"{folder.name}.json").read_text())
+            (folder / "seconds.json").write_text(json.dumps({"seconds": scored["seconds"], "device": "cpu",
+                                                             "from": "benchmarks/erasure.py"}))  # fmt: skip
+            return other
     kw = {"images": [concept_images(c, plan.n_images, D_CE_SEED) for c in concepts]} if cfg.uses_images else {}
     t0 = time.perf_counter()
     edit = erase(pipe, concepts, cfg, torch.Generator().manual_seed(seed), **kw)
@@ -142,50 +165,118 @@ def run_attack(pipe, judge, edit: Edit, concept: str, name: str, folder: Path, n
     return r
 
 
-def jobs(args) -> list[tuple]:
-    """Circle jobs first (the budget sweep and the probes: the longest), then the splits."""
-    out: list[tuple] = [("circle", row, part) for row in args.circle_rows for part in args.circle_parts]
-    return out + [("split", row, i) for row in args.split_rows for i in args.splits]
+@dataclass(frozen=True)
+class Job:
+    """One unit of work: an edit (with its protocol scores), or one attack on one edit. Workers claim jobs
+    through a lock file each, so any number of processes share the list without splitting it by hand."""
+
+    kind: str  # "edit" or "attack"
+    row: str
+    erasure: str  # "split<i>" or "circle"
+    concept: str = ""
+    attack: str = ""
+    name: str = ""  # the attack's folder under attacks/<erasure>/<row>/
+    seed: int = 0
+    budget: tuple = ()  # (key, value) pairs over the attack's fixed budget
+
+    @property
+    def key(self) -> str:
+        return "__".join(x for x in (self.kind, self.row, self.erasure, self.concept, self.name) if x)
 
 
-def do_job(job: tuple, pipe, judge, parts: Path, args, plan: Plan) -> None:
-    if job[0] == "split":
-        _, row, i = job
-        erasure = f"split{i}"
-        f = parts / "split" / f"{row}_{erasure}.json"
-        edit = edit_for(pipe, parts, row, erasure, plan)
+def attack_folder(parts: Path, job: Job) -> Path:
+    if job.erasure == "circle":
+        return parts / "attacks" / "circle" / job.row / job.name
+    return parts / "attacks" / job.erasure / job.row / job.concept / job.name
+
+
+def jobs(args, plan: Plan) -> list[Job]:
+    """Edits first (every attack waits for its edit), then the attacks: the screen's, the splits', and the
+    circle parts' last (the longest; a cut run loses them first)."""
+    circle_rows = list(dict.fromkeys(args.circle_rows + args.screen_rows))
+    out = [Job("edit", r, "circle") for r in circle_rows] + [
+        Job("edit", r, f"split{i}") for r in args.split_rows for i in args.splits]  # fmt: skip
+    b = plan.budgets["inversion"][0]  # the screen: the fixed budget from two seeds, on every screened row
+    for row in args.screen_rows:
+        out += [Job("attack", row, "circle", "circle", "inversion", f"inversion_{b}" + (f"_seed{s}" if s else ""),
+                    seed=s, budget=(("inversion_steps", b),)) for s in SCREEN_SEEDS]  # fmt: skip
+    for row in args.split_rows:
+        for i in args.splits:
+            out += [Job("attack", row, f"split{i}", c, a, a) for a in ("inversion", "token-search") for c in SPLITS[i]]
+    for row in args.circle_rows:
+        for part in args.circle_parts:
+            a = {"inversion": "inversion", "tokens": "token-search"}.get(part)
+            for b in plan.budgets[a] if a else ():
+                out.append(Job("attack", row, "circle", "circle", a, f"{a}_{b}", budget=((STEP_KEY[a], b),)))
+            if part == "adaptive":  # the attacker's other knobs: more vectors, and restarts (best kept)
+                b = plan.budgets["inversion"][-1]
+                out.append(Job("attack", row, "circle", "circle", "inversion", f"inversion_v4_{b}",
+                               budget=(("n_vectors", 4), ("inversion_steps", b))))  # fmt: skip
+                b = plan.budgets["inversion"][1]
+                out += [Job("attack", row, "circle", "circle", "inversion", f"inversion_{b}_seed{s}", seed=s,
+                            budget=(("inversion_steps", b),)) for s in RESTART_SEEDS]  # fmt: skip
+            if part == "probes":
+                out += [Job("attack", row, "circle", "circle", p, p) for p in PROBES if p in attacks()]
+    return list(dict.fromkeys(out))
+
+
+def done(job: Job, parts: Path) -> bool:
+    edit_dir = parts / "edits" / f"{job.row}_{job.erasure}"
+    if not (edit_dir / "edit.json").exists():
+        return False
+    digest = Edit.load(edit_dir).digest
+    if job.kind == "edit":
+        f = scores_file(parts, job.row, job.erasure)
+        return f.exists() and json.loads(f.read_text()).get("edit_digest") == digest
+    f = attack_folder(parts, job) / "attack.json"
+    return f.exists() and json.loads(f.read_text())["edit"]["digest"] == digest
+
+
+def scores_file(parts: Path, row: str, erasure: str) -> Path:
+    return parts / ("split" if erasure.startswith("split") else "circle_scores") / f"{row}_{erasure}.json"
+
+
+def do_job(job: Job, pipe, judge, parts: Path, args, plan: Plan) -> None:
+    edit = edit_for(pipe, parts, job.row, job.erasure, plan)
+    if job.kind == "edit":
+        f = scores_file(parts, job.row, job.erasure)
         if not f.exists() or json.loads(f.read_text()).get("edit_digest") != edit.digest:
             d = sampling_defaults("mini")
             s = Sampling(n=args.n, seed=0, steps=d.steps, guidance_scale=d.guidance_scale)
             with edit.applied(pipe):
                 rates = class_rates(judge_objects(pipe, judge, OBJECTS, s))
-            seconds = json.loads((parts / "edits" / f"{row}_{erasure}" / "seconds.json").read_text())
+            seconds = json.loads((parts / "edits" / f"{job.row}_{job.erasure}" / "seconds.json").read_text())
+            erased = SPLITS[int(job.erasure[5:])] if job.erasure.startswith("split") else ("circle",)
             f.parent.mkdir(parents=True, exist_ok=True)
-            res = object_scores(rates, SPLITS[i]) | seconds | {"edit_digest": edit.digest, "per_class": rates}
+            res = object_scores(rates, erased) | seconds | {"edit_digest": edit.digest, "per_class": rates}
             f.write_text(json.dumps(res, indent=1))
-        for c in SPLITS[i]:
-            for a in ("inversion", "token-search"):
-                run_attack(pipe, judge, edit, c, a, parts / "attacks" / erasure / row / c / a, args.attack_n, plan)
-    else:
-        _, row, part = job
-        edit = edit_for(pipe, parts, row, "circle", plan)
-        for a, steps in plan.budgets.items():
-            if part != {"inversion": "inversion", "token-search": "tokens"}[a]:
+        return
+    run_attack(pipe, judge, edit, job.concept, job.attack, attack_folder(parts, job), args.attack_n, plan,
+               seed=job.seed, **dict(job.budget))  # fmt: skip
+
+
+def work(all_jobs: list[Job], pipe, judge, parts: Path, args, plan: Plan) -> None:
+    """Run every job no other process holds. The first pass skips attacks whose edit is not trained yet
+    (another process is training it); the second takes them, waiting on the edit's lock."""
+    locks = parts / "locks"
+    locks.mkdir(parents=True, exist_ok=True)
+    for wait in (False, True):
+        for job in all_jobs:
+            if done(job, parts):
                 continue
-            for b in steps:
-                run_attack(pipe, judge, edit, "circle", a, parts / "attacks" / "circle" / row / f"{a}_{b}", args.attack_n,
-                           plan, **{STEP_KEY[a]: b})  # fmt: skip
-        if part == "adaptive":  # the adaptive attacker's other knobs: more vectors, and restarts (best kept)
-            b = plan.budgets["inversion"][-1]
-            run_attack(pipe, judge, edit, "circle", "inversion", parts / "attacks" / "circle" / row / f"inversion_v4_{b}",
-                       args.attack_n, plan, n_vectors=4, inversion_steps=b)  # fmt: skip
-            b = plan.budgets["inversion"][1]
-            for s in RESTART_SEEDS:
-                folder = parts / "attacks" / "circle" / row / f"inversion_{b}_seed{s}"
-                run_attack(pipe, judge, edit, "circle", "inversion", folder, args.attack_n, plan, seed=s, inversion_steps=b)
-        for p in plan.probes if part == "probes" else ():
-            if p in attacks():
-                run_attack(pipe, judge, edit, "circle", p, parts / "attacks" / "circle" / row / p, args.attack_n, plan)
+            if not wait and job.kind == "attack" and not (parts / "edits" / f"{job.row}_{job.erasure}" / "edit.json").exists():
+                continue
+            with open(locks / f"{job.key}.lock", "w") as lock:
+                try:
+                    fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                except BlockingIOError:
+                    continue  # another process has it
+                if done(job, parts):
+                    continue
+                try:
+                    do_job(job, pipe, judge, parts, args, plan)
+                except Exception:  # one broken job must not cost the others (a GPU lease is short)
+                    print("FAILED", job, traceback.format_exc(), flush=True)
 
 
 def main() -> None:
@@ -211,20 +302,28 @@ def main() -> None:
         choices=list(CIRCLE_PARTS),
         help="the circle jobs: inversion and token-search budget sweeps, the adaptive attacker, the probes",
     )
+    ap.add_argument(
+        "--screen-rows",
+        nargs="*",
+        default=[],
+        choices=list(ROWS),
+        help=f"rows screened on circle erased alone: protocol scores and inversion at the fixed budget from "
+        f"{len(SCREEN_SEEDS)} seeds (the robust variants: {' '.join(SCREEN)})",
+    )
     ap.add_argument("--splits", nargs="+", type=int, default=list(range(len(SPLITS))))
     ap.add_argument("--n", type=int, default=4, help="images per prompt of the object protocol (8 prompts per class)")
     ap.add_argument("--attack-n", type=int, default=8, help="seeds per attack prompt (4 prompts)")
     ap.add_argument("--device", default="cpu")
-    ap.add_argument("--shard", default="0/1", help="i/n: run every n-th job starting at i")
     ap.add_argument("--report-only", action="store_true")
-    ap.add_argument("--list-jobs", action="store_true", help="print the number of jobs (for --shard) and stop")
+    ap.add_argument("--list-jobs", action="store_true", help="print the jobs and stop")
     ap.add_argument("--note", default=None, help="a sentence the report must carry (where and how it was measured)")
     ap.add_argument("--quick", action="store_true", help="every job shrunk to seconds, to check the script (measures nothing)")
     ap.add_argument("--runs", default=str(RESULTS / "robust_runs"))
     ap.add_argument("--out", default=str(RESULTS / "robust"))
     args = ap.parse_args()
     if args.list_jobs:
-        print(len(jobs(args)))
+        for j in jobs(args, Plan()):
+            print(j.key)
         return
     torch.set_num_threads(int(os.environ.get("UNSEE_THREADS", "2")))
     pipe = load_pipeline("mini", device=args.device)
@@ -234,12 +333,7 @@ def main() -> None:
     parts = Path(args.runs) / fp
     parts.mkdir(parents=True, exist_ok=True)
     if not args.report_only:
-        i, n = (int(x) for x in args.shard.split("/"))
-        for job in jobs(args)[i::n]:
-            try:
-                do_job(job, pipe, judge, parts, args, plan)
-            except Exception:  # one broken job must not cost the others (a GPU lease is short)
-                print("FAILED", job, traceback.format_exc(), flush=True)
+        work(jobs(args, plan), pipe, judge, parts, args, plan)
     report, md = summarise(parts, fp, args, plan)
     if args.note:
         report["note"] = args.note
@@ -285,10 +379,10 @@ def kind(asr_by_probe: dict[str, float], unattacked: float) -> str:
 
 def summarise(parts: Path, fp: str, args, plan: Plan) -> tuple[dict, str]:
     flags = judge_flags(fp)
-    report: dict = {"model_fingerprint": fp, "settings": {k: v for k, v in vars(args).items() if k != "shard"},
+    report: dict = {"model_fingerprint": fp, "settings": vars(args),
                     "common": plan.common, "rows": {r: ROWS[r][1] for r in ROWS},
                     "attack_budgets": plan.attack_budgets, "budgets": plan.budgets, "inner_budget": INNER_BUDGET,
-                    "split": {}, "budget": {}, "adaptive": {}, "probes": {}, "circle_edits": {},
+                    "split": {}, "budget": {}, "adaptive": {}, "probes": {}, "circle_edits": {}, "screen": {},
                     "judge_flagged": sorted(flags)}  # fmt: skip
     for row in ROWS:
         per_split = []
@@ -382,6 +476,34 @@ def summarise(parts: Path, fp: str, args, plan: Plan) -> tuple[dict, str]:
         ]
         for row, by in report["adaptive"].items():
             lines.append(f"| {row} | " + " | ".join(f"{100 * by[k]:.0f}%" if k in by else "–" for k in keys) + " |")
+        lines.append("")
+    b = plan.budgets["inversion"][0]
+    for row in ROWS:
+        f = scores_file(parts, row, "circle")
+        if not f.exists():
+            continue
+        sc = json.loads(f.read_text())
+        got = [circle_dir / row / (f"inversion_{b}" + (f"_seed{s}" if s else "")) for s in SCREEN_SEEDS
+               for circle_dir in [parts / "attacks" / "circle"]]  # fmt: skip
+        got = [AttackResult.load(d, learned=False) for d in got if (d / "attack.json").exists()]
+        got = [r for r in got if r.edit["digest"] == sc["edit_digest"]]
+        report["screen"][row] = {k: sc[k] for k in ("ESR-1", "PSR-1", "ESR-3", "PSR-3", "seconds")} | {
+            "settings": ROWS[row][1], "inversion": [r.asr for r in got], "edit_digest": sc["edit_digest"]}  # fmt: skip
+    if report["screen"]:
+        lines += ["## What makes the defence stronger: a screen on circle erased alone", "",
+                  f"Each row trained once (seed 0) and attacked by inversion at the fixed budget ({b} steps) from "
+                  f"{len(SCREEN_SEEDS)} attack seeds; ESR/PSR from the object protocol with circle erased alone "
+                  "(PSR over the other 9 objects).", "",
+                  "| row | differs from robust | ESR-1 | PSR-1 | inversion ASR (per seed) | mean | s / erasure |",
+                  "|---|---|---|---|---|---|---|"]  # fmt: skip
+        base_row = ROWS["robust"][1]
+        for row, sc in report["screen"].items():
+            diff = {k: v for k, v in sc["settings"].items() if base_row.get(k) != v} if row.startswith("robust") else row
+            inv = sc["inversion"]
+            lines.append(f"| {row} | {json.dumps(diff) if isinstance(diff, dict) else '(' + diff + ')'} | "
+                         f"{100 * sc['ESR-1']:.0f} | {100 * sc['PSR-1']:.1f} | "
+                         f"{' / '.join(f'{100 * v:.0f}' for v in inv) or '–'} | "
+                         f"{(f'{100 * sum(inv) / len(inv):.0f}%') if inv else '–'} | {sc['seconds']:.0f} |")  # fmt: skip
         lines.append("")
     if report["probes"]:
         lines += ["## Probes beyond the text channel (circle erased alone)", "",

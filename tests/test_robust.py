@@ -86,3 +86,23 @@ def test_inner_attacker_leaves_the_model_to_the_outer_step(tiny_pipe):
     for k in a.tensors:
         torch.testing.assert_close(a.tensors[k], b.tensors[k], rtol=0, atol=0)
     assert any(not torch.equal(a.tensors[k], c.tensors[k]) for k in a.tensors)
+
+
+def test_restarts_send_the_attacker_back_and_resume_exactly(tiny_pipe, tmp_path):
+    from unsee.methods import Run
+
+    ims = _images(tiny_pipe)
+    cfg = make_config("robust", **(FAST | dict(iterations=4, restart_every=2)))
+    straight = erase(tiny_pipe, ["circle"], cfg, torch.Generator().manual_seed(0), images=ims)
+    never = erase(tiny_pipe, ["circle"], make_config("robust", **(FAST | dict(iterations=4))),
+                  torch.Generator().manual_seed(0), images=ims)  # fmt: skip
+    assert any(not torch.equal(straight.tensors[k], never.tensors[k]) for k in straight.tensors)
+    # The restart falls between the checkpoint at 2 and the resumed update 2: the resumed run must still make it.
+    erase(tiny_pipe, ["circle"], make_config("robust", **(FAST | dict(iterations=2, restart_every=2))),
+          torch.Generator().manual_seed(0), run=Run(tmp_path, 2, progress=False), images=ims)  # fmt: skip
+    resumed = erase(tiny_pipe, ["circle"], cfg, torch.Generator().manual_seed(0),
+                    run=Run(tmp_path, 2, resume=True, progress=False), images=ims)  # fmt: skip
+    for k in straight.tensors:
+        torch.testing.assert_close(resumed.tensors[k], straight.tensors[k], rtol=0, atol=0)
+    with pytest.raises(ValueError, match="restart_every must be 0"):
+        make_config("robust", restart_every=-1)

@@ -55,6 +55,10 @@ class RobustConfig(EAPConfig):
     logit_scale: float = 100.0
     inner_gap: float = 0.0
     """Weight of the erasure gap in the inner objective (0: the inversion attack's own objective)."""
+    restart_every: int = 0
+    """Every this many updates the attacker starts again from its initial embedding (0: never). A warm-started
+    attacker follows one trajectory; an evaluation attack starts afresh and may take another, which restarts show
+    the defence."""
     templates: tuple[str, ...] = TEMPLATES
     """Prompts the adversary's token is learned and erased in (the inversion attack's)."""
 
@@ -69,6 +73,8 @@ class RobustConfig(EAPConfig):
         for f in ("n_vectors", "inner_steps"):
             if getattr(self, f) < 1:
                 raise ValueError(f"{f} must be at least 1, got {getattr(self, f)}")
+        if self.restart_every < 0:
+            raise ValueError(f"restart_every must be 0 (never) or positive, got {self.restart_every}")
         if not self.templates or any("{}" not in t for t in self.templates):
             raise ValueError(f"every one of `templates` must hold '{{}}' for the token, got {list(self.templates)}")
 
@@ -83,12 +89,20 @@ class Adversary:
         shape = (n_concepts, cfg.n_vectors)
         # Both parametrisations start at the vocabulary's mean embedding, as the inversion attack does.
         start = table.mean(0).expand(*shape, -1).clone() if cfg.space == "free" else torch.zeros(*shape, table.shape[1])
-        self.free = torch.nn.Parameter(start.to(table.device), requires_grad=cfg.space != "vocab")
+        self._start = start.to(table.device)
+        self.free = torch.nn.Parameter(self._start.clone(), requires_grad=cfg.space != "vocab")
         self.logits = torch.nn.Parameter(torch.zeros(*shape, len(table), device=table.device),
                                          requires_grad=cfg.space != "free")  # fmt: skip
         rates = ((self.free, cfg.inner_lr), (self.logits, cfg.inner_lr * cfg.logit_scale))
         groups = [{"params": [p], "lr": lr} for p, lr in rates if p.requires_grad]
         self.opt = torch.optim.Adam(groups)
+
+    @torch.no_grad()
+    def restart(self) -> None:
+        """Back to the initial embedding, with a fresh optimizer state (in place: a resume restores these tensors)."""
+        self.free.copy_(self._start)
+        self.logits.zero_()
+        self.opt.state.clear()
 
     @property
     def trained(self) -> list[torch.nn.Parameter]:
@@ -159,6 +173,8 @@ def erase_robust(pipe: StableDiffusionPipeline, concepts: Sequence[str], cfg: Ro
         return float(loss.detach())
 
     def step(i: int) -> dict[str, torch.Tensor]:
+        if cfg.restart_every and i > 0 and i % cfg.restart_every == 0:
+            adv.restart()
         inner_loss = inner()
         terms = base_step(i)
         x_t, t, _, prompts = concept_batch()
