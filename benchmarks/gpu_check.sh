@@ -89,7 +89,10 @@ python3 robust.py --report-only --device cuda ${ROBUST_ARGS:-} > /tmp/logs/repor
 grep -h -v -i "torchvision\|warn" /tmp/logs/*.log > "$OUT/robust.log"
 cp results/robust.json results/robust.md "$OUT/" 2>/dev/null
 cp results/robust.png "$OUT/" 2>/dev/null
-# Every edit comes back but the large ones (all of the UNet but cross-attention, or all of it); no checkpoints.
-tar czf "$OUT/robust_runs.tgz" --exclude='*noxattn*/edit.safetensors' --exclude='*full*/edit.safetensors' \
-  --exclude='checkpoint.pt' --exclude='locks' -C results robust_runs
+# What comes back is size-limited: the results (JSON) in one file, the attacks' learned embeddings in a second,
+# the circle edits (cross-attention only, small) in a third; no split edits, no checkpoints.
+cd results
+tar czf "$OUT/runs_json.tgz" --exclude='*.safetensors' --exclude='checkpoint.pt' --exclude='locks' robust_runs
+find robust_runs -name learned_embeds.safetensors | tar czf "$OUT/runs_learned.tgz" -T -
+find robust_runs -path '*edits/*_circle/edit.safetensors' ! -path '*noxattn*' ! -path '*full*' | tar czf "$OUT/runs_edits.tgz" -T -
 ls -la "$OUT"

@@ -48,31 +48,35 @@ from unsee.world.oracle import load_oracle
 from unsee.world.protocols import SPLITS, Sampling, class_rates, judge_objects, object_scores
 
 RESULTS = Path(__file__).parent / "results"
-ROBUST = dict(inner_steps=2, lambda_adv=4.0, space="free", inner_lr=5e-3)  # the method's defaults
+ROBUST = dict(inner_steps=4, lambda_adv=4.0, space="free", inner_lr=5e-3)  # the method's defaults
+S2 = ROBUST | {"inner_steps": 2}  # the defaults before the screen below
+EAP = SETTINGS["eap"][1]
 ROWS: dict[str, tuple[str, dict]] = {
     "esd": SETTINGS["esd"],
     "eap": SETTINGS["eap"],
     # Plain EAP on the other parameter set: a defence in itself, and the one to beat.
-    "eap-noxattn": ("eap", SETTINGS["eap"][1] | {"params": "noxattn"}),
-    "robust": ("robust", SETTINGS["eap"][1] | ROBUST),
-    # The screen of what might make the defence stronger (circle erased alone): the adversarial term's weight,
-    # the attacker's steps, its restarts, its space, eq. 11's inner gap as written, and the parameters trained.
-    "robust-l1": ("robust", SETTINGS["eap"][1] | ROBUST | {"lambda_adv": 1.0}),
-    "robust-l8": ("robust", SETTINGS["eap"][1] | ROBUST | {"lambda_adv": 8.0}),
-    "robust-s4": ("robust", SETTINGS["eap"][1] | ROBUST | {"inner_steps": 4}),
-    "robust-r40": ("robust", SETTINGS["eap"][1] | ROBUST | {"restart_every": 40}),
-    "robust-s4r75": ("robust", SETTINGS["eap"][1] | ROBUST | {"inner_steps": 4, "restart_every": 75}),
-    "robust-both": ("robust", SETTINGS["eap"][1] | ROBUST | {"space": "both"}),
-    "robust-gap": ("robust", SETTINGS["eap"][1] | ROBUST | {"inner_gap": 1 / ROBUST["lambda_adv"]}),
-    "robust-noxattn": ("robust", SETTINGS["eap"][1] | ROBUST | {"params": "noxattn"}),
-    "robust-full": ("robust", SETTINGS["eap"][1] | ROBUST | {"params": "full"}),
+    "eap-noxattn": ("eap", EAP | {"params": "noxattn"}),
+    "robust": ("robust", EAP | ROBUST),
+    # The screen of what might make the defence stronger (circle erased alone), run on the earlier defaults (2 inner
+    # steps): the attacker's steps, the adversarial term's weight, restarts, the attacker's space, eq. 11's inner gap
+    # as written, and the parameters trained. Its winner, 4 inner steps, became the default ("robust").
+    "robust-s2": ("robust", EAP | S2),
+    "robust-s2-l1": ("robust", EAP | S2 | {"lambda_adv": 1.0}),
+    "robust-s2-l8": ("robust", EAP | S2 | {"lambda_adv": 8.0}),
+    "robust-s2-r40": ("robust", EAP | S2 | {"restart_every": 40}),
+    "robust-r75": ("robust", EAP | ROBUST | {"restart_every": 75}),
+    "robust-s2-both": ("robust", EAP | S2 | {"space": "both"}),
+    "robust-s2-gap": ("robust", EAP | S2 | {"inner_gap": 1 / S2["lambda_adv"]}),
+    "robust-s2-noxattn": ("robust", EAP | S2 | {"params": "noxattn"}),
+    "robust-s2-full": ("robust", EAP | S2 | {"params": "full"}),
 }
 SCREEN = [r for r in ROWS if r.startswith("robust")]
 SCREEN_SEEDS = (0, 1)  # the screen's inversion at the fixed budget, from two attack seeds
 D_CE_SEED, D_C_SEED = 0, 1  # the defence's training images and the attacker's are different renders
 N_IMAGES = 32
 INNER_BUDGET = ROBUST["inner_steps"] * COMMON["iterations"]
-BUDGETS = {"inversion": (300, INNER_BUDGET, 2 * INNER_BUDGET, 4 * INNER_BUDGET), "token-search": (160, 320, 640)}
+# The fixed budget, the earlier defaults' inner budget (400), and the default's (800) up to 4x.
+BUDGETS = {"inversion": (300, 400, INNER_BUDGET, 2 * INNER_BUDGET, 4 * INNER_BUDGET), "token-search": (160, 320, 640)}
 CIRCLE_PARTS = ("inversion", "adaptive", "tokens", "probes")
 RESTART_SEEDS = (1, 2)  # with seed 0's run at the same budget: 3 restarts
 STEP_KEY = {"inversion": "inversion_steps", "token-search": "search_steps"}
@@ -100,6 +104,8 @@ class Plan:
     budgets: dict = field(default_factory=lambda: dict(BUDGETS))
     probes: dict = field(default_factory=lambda: dict(PROBES))
     n_images: int = N_IMAGES
+    inner_budget: int = INNER_BUDGET
+    """The restarts' budget (the adaptive attacker)."""
     overrides: dict = field(default_factory=dict)
     """Settings for the methods that have them (after each row's own)."""
 
@@ -108,7 +114,7 @@ class Plan:
         tiny = dict(batch_size=2)
         return cls(common=COMMON | dict(iterations=2, batch_size=2, ddim_steps=2), overrides=dict(n_centres=5),
                    attack_budgets={"inversion": dict(inversion_steps=2) | tiny, "token-search": dict(search_steps=2) | tiny},
-                   budgets={"inversion": (2, 3), "token-search": (2,)}, n_images=4,
+                   budgets={"inversion": (2, 3), "token-search": (2,)}, n_images=4, inner_budget=2,
                    probes={"noise": dict(etas=(1.5,), variance_scales=(1.0,)), "completion": dict(switch_steps=(1,)),
                            "inpaint": dict(mask_fractions=(0.5,)), "guided": dict(scales=(100.0,), etas=(0.0,))})  # fmt: skip
 
@@ -121,17 +127,25 @@ def edit_for(pipe, parts: Path, row: str, erasure: str, plan: Plan) -> Edit:
     with open(folder / ".lock", "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
         if (folder / "edit.json").exists():
-            return Edit.load(folder)
+            kept = Edit.load(folder)
+            if kept.config == row_config(row, erasure, plan).to_dict():
+                return kept
+            # else the row's settings changed since: the kept edit is another row's now, train this one
         return train_edit(pipe, folder, row, erasure, plan)
 
 
-def train_edit(pipe, folder: Path, row: str, erasure: str, plan: Plan) -> Edit:
+def row_config(row: str, erasure: str, plan: Plan):
     method, own = ROWS[row]
     concepts = list(SPLITS[int(erasure[5:])]) if erasure.startswith("split") else ["circle"]
-    seed = int(erasure[5:]) if erasure.startswith("split") else 0
-    excluded = synonyms_excluded(method, concepts)
     known = {f.name for f in fields(config_class(method))}
-    cfg = method_config(method, **(plan.common | own | excluded | {k: v for k, v in plan.overrides.items() if k in known}))
+    extra = synonyms_excluded(method, concepts) | {k: v for k, v in plan.overrides.items() if k in known}
+    return method_config(method, **(plan.common | own | extra))
+
+
+def train_edit(pipe, folder: Path, row: str, erasure: str, plan: Plan) -> Edit:
+    concepts = list(SPLITS[int(erasure[5:])]) if erasure.startswith("split") else ["circle"]
+    seed = int(erasure[5:]) if erasure.startswith("split") else 0
+    cfg = row_config(row, erasure, plan)
     kept = RESULTS / "erasure_runs" / folder.parent.parent.name / "edits" / folder.name
     if (kept / "edit.json").exists() and not cfg.uses_images:  # the erasure benchmark trained this very edit
         other = Edit.load(kept)
@@ -212,7 +226,7 @@ def jobs(args, plan: Plan) -> list[Job]:
                 b = plan.budgets["inversion"][-1]
                 out.append(Job("attack", row, "circle", "circle", "inversion", f"inversion_v4_{b}",
                                budget=(("n_vectors", 4), ("inversion_steps", b))))  # fmt: skip
-                b = plan.budgets["inversion"][1]
+                b = plan.inner_budget
                 out += [Job("attack", row, "circle", "circle", "inversion", f"inversion_{b}_seed{s}", seed=s,
                             budget=(("inversion_steps", b),)) for s in RESTART_SEEDS]  # fmt: skip
             if part == "probes":
@@ -414,13 +428,14 @@ def summarise(parts: Path, fp: str, args, plan: Plan) -> tuple[dict, str]:
                 if (d / "attack.json").exists():
                     report["budget"].setdefault(row, {}).setdefault(a, {})[b] = AttackResult.load(d, learned=False).asr
         b = plan.budgets["inversion"]
-        v4, restarts = circle / f"inversion_v4_{b[-1]}", [circle / f"inversion_{b[1]}"] + [
-            circle / f"inversion_{b[1]}_seed{s}" for s in RESTART_SEEDS]  # fmt: skip
+        v4, restarts = circle / f"inversion_v4_{b[-1]}", [circle / f"inversion_{plan.inner_budget}"] + [
+            circle / f"inversion_{plan.inner_budget}_seed{s}" for s in RESTART_SEEDS]  # fmt: skip
         if (v4 / "attack.json").exists():
             report["adaptive"].setdefault(row, {})[f"4 vectors, {b[-1]} steps"] = AttackResult.load(v4, learned=False).asr
-        if all((d / "attack.json").exists() for d in restarts):
-            best = asr_best_of([AttackResult.load(d, learned=False) for d in restarts])
-            report["adaptive"].setdefault(row, {})[f"best of {len(restarts)} restarts, {b[1]} steps"] = best
+        got = [AttackResult.load(d, learned=False) for d in restarts if (d / "attack.json").exists()]
+        if len(got) == len(restarts) and len({r.edit["digest"] for r in got}) == 1:  # restarts of one edit
+            key = f"best of {len(restarts)} restarts, {plan.inner_budget} steps"
+            report["adaptive"].setdefault(row, {})[key] = asr_best_of(got)
         for p in plan.probes:
             if (circle / p / "attack.json").exists():
                 r = AttackResult.load(circle / p, learned=False)
