@@ -19,7 +19,9 @@ import numpy as np
 import torch
 
 from _report import write_report
+from unsee.attacks import AttackResult
 from unsee.cli import parse_key_values
+from unsee.edits import Edit
 from unsee.methods import erase, make_config
 from unsee.models import fingerprint, load_pipeline, sampling_defaults
 from unsee.world import OBJECTS, STYLE_WORDS
@@ -92,17 +94,27 @@ def main() -> None:
         for label in args.methods:
             method, own = SETTINGS[label]
             f = parts / f"{label}_split{i}.json"
+            cfg = make_config(method, **(common | own | synonyms_excluded(method, SPLITS[i])))
+            shared = shared_edit(parts, label, i, cfg)
+            if f.exists() and "edit_digest" not in json.loads(f.read_text()):
+                kept = parts / "edits" / f"{label}_split{i}"
+                if (kept / "edit.json").exists():  # saved by the same run that scored it: its digest names it
+                    f.write_text(json.dumps(json.loads(f.read_text()) | {"edit_digest": Edit.load(kept).digest}, indent=1))
+                elif shared is not None:  # score the edit that was attacked instead (same settings and seed)
+                    f.unlink()
             if not f.exists():
-                cfg = make_config(method, **(common | own | synonyms_excluded(method, SPLITS[i])))
                 t0 = time.perf_counter()
-                ims = {"images": [concept_images(c, 32, seed=0) for c in SPLITS[i]]} if cfg.uses_images else {}
-                edit = erase(pipe, list(SPLITS[i]), cfg, torch.Generator().manual_seed(i), **ims)
-                seconds = time.perf_counter() - t0
+                if shared is not None:
+                    edit, seconds = shared
+                else:
+                    ims = {"images": [concept_images(c, 32, seed=0) for c in SPLITS[i]]} if cfg.uses_images else {}
+                    edit = erase(pipe, list(SPLITS[i]), cfg, torch.Generator().manual_seed(i), **ims)
+                    seconds = time.perf_counter() - t0
                 edit.save(parts / "edits" / f"{label}_split{i}")  # benchmarks/attacks.py attacks these same edits
                 with edit.applied(pipe):
                     rates = class_rates(judge_objects(pipe, oracle, OBJECTS, s, check=check))
                 res = object_scores(rates, SPLITS[i]) | {"seconds": seconds, "per_class": rates,
-                                                         "config": cfg.to_dict()}  # fmt: skip
+                                                         "config": cfg.to_dict(), "edit_digest": edit.digest}  # fmt: skip
                 for key in ("adversary", "final_nearest", "R"):
                     if key in edit.info:
                         res[key] = edit.info[key]
@@ -117,6 +129,38 @@ def main() -> None:
         report["note"] = args.note
         report["markdown"] += f"\nNote: {args.note}\n"
     write_report(out, report, report["markdown"], default=str)
+
+
+def shared_edit(parts: Path, label: str, i: int, cfg) -> tuple[Edit, float] | None:
+    """The edit benchmarks/robust.py trained for this row and split with the same settings and seed (it attacks
+    what it trains), with its seconds; None when there is none. Reusing it puts its ASR in this table."""
+    folder = RESULTS / "robust_runs" / parts.name / "edits" / f"{label}_split{i}"
+    if not (folder / "edit.json").exists() or not (folder / "seconds.json").exists():
+        return None
+    edit = Edit.load(folder)
+    want = json.loads(json.dumps(cfg.to_dict()))
+    if edit.seed != i or any(edit.config.get(k) != v for k, v in want.items()):
+        return None
+    return edit, json.loads((folder / "seconds.json").read_text())["seconds"]
+
+
+def attack_index(fp: str) -> dict[str, dict[str, list[float]]]:
+    """Edit digest -> attack -> ASR of every object attacked at the budgets the attacks benchmark fixed
+    (inversion 300 steps, token search 160, seed 0), from benchmarks/attacks.py's and benchmarks/robust.py's runs."""
+    index: dict[str, dict[str, list[float]]] = {}
+    seen: set[tuple[str, str, str]] = set()  # both benchmarks may attack one edit (same seeds: the same result)
+    for runs in ("attacks_runs", "robust_runs"):
+        for f in sorted((RESULTS / runs / fp).glob("**/attack.json")):
+            d = json.loads(f.read_text())
+            c = d["config"]
+            fixed = {"inversion": c.get("inversion_steps") == 300 and c.get("n_vectors") == 1,
+                     "token-search": c.get("search_steps") == 160}.get(d["attack"], False)  # fmt: skip
+            key = (d["edit"]["digest"], d["concept"], d["attack"])
+            if fixed and c.get("seed", 0) == 0 and f.parent.name in ("inversion", "token-search") and key not in seen:
+                seen.add(key)
+                asr = AttackResult.load(f.parent, learned=False).asr
+                index.setdefault(d["edit"]["digest"], {}).setdefault(d["attack"], []).append(asr)
+    return index
 
 
 def synonyms_excluded(method: str, erased) -> dict:
@@ -159,19 +203,30 @@ def summarise(rows: dict[str, list[dict]], common: dict, args: argparse.Namespac
     keys = ["ESR-1", "ESR-3", "PSR-1", "PSR-3", "colour_preserved"]
     base_psr = np.mean([r["PSR-1"] for r in rows["base"]])
     table = [
-        "| method | ESR-1 | ESR-3 | PSR-1 | PSR-3 | colour (preserved) | PSR-1 loss | s / erasure |",
-        "|---|---|---|---|---|---|---|---|",
+        "| method | ESR-1 | ESR-3 | PSR-1 | PSR-3 | colour (preserved) | PSR-1 loss | inversion ASR (objects) | "
+        "token-search ASR (objects) | s / erasure |",
+        "|---" * 10 + "|",
     ]
     summary = {}
+    index = attack_index(fp)
     for m, rs in rows.items():
         loss = base_psr - np.mean([r["PSR-1"] for r in rs])
         secs = np.mean([r["seconds"] for r in rs])
         summary[m] = {k: [r[k] for r in rs] for k in keys} | {"psr1_loss": float(loss), "seconds": float(secs)}
+        asr = {}
+        for a in ("inversion", "token-search"):
+            got = [v for r in rs for v in index.get(r.get("edit_digest", ""), {}).get(a, [])]
+            asr[a] = {"mean": float(np.mean(got)), "objects": len(got)} if got else None
+        summary[m]["asr"] = asr
+        cells = [f"{100 * x['mean']:.1f} ({x['objects']})" if x else "–" for x in asr.values()]
         table.append(f"| {m} | " + " | ".join(_fmt(summary[m][k]) for k in keys)
-                     + f" | {100 * loss:.1f} | {secs:.0f} |")  # fmt: skip
+                     + f" | {100 * loss:.1f} | " + " | ".join(cells) + f" | {secs:.0f} |")  # fmt: skip
     lines = ["# Object erasure on the mini model (5 of 10 objects at once, 4 splits)", "",
              f"Model: `mini`, fingerprint `{fp}`. Splits {list(args.splits)}; {args.n} images × 8 prompts per class; "
-             "oracle top-k; mean ± std over splits.",
+             "oracle top-k; mean ± std over splits. ASR: mean over the erased objects attacked on these very edits "
+             "(benchmarks/attacks.py, benchmarks/robust.py) at the fixed budgets (inversion 300 steps, token search 160), "
+             "judged by the oracle on 4 colour prompts x 8 seeds; the count says how many of the row's objects were "
+             "attacked.",
              f"Shared settings: `{json.dumps(common)}`; per row: `{json.dumps(SETTINGS)}`.", "", *table, ""]  # fmt: skip
     for label in [m for m in summary if m.startswith("eap") and m != "eap-pgd"]:
         if "esd" in summary:

@@ -28,4 +28,5 @@ step "attacks (on the erasure step's split-0 edits)" attacks "$py" benchmarks/at
 # Many hours on 2 cores (every object of 4 splits attacked, budgets to 4x, probes): bash benchmarks/gpu_check.sh
 # runs the same jobs side by side on a GPU, and both resume from what benchmarks/results/robust_runs/ holds.
 step "erasure under attack (robust)" robust "$py" benchmarks/robust.py
+step "where the attack's embedding lands" robust_where "$py" benchmarks/robust_where.py
 echo "$(date -u +%FT%TZ) done"
