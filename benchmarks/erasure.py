@@ -138,10 +138,17 @@ def shared_edit(parts: Path, label: str, i: int, cfg) -> tuple[Edit, float] | No
     if not (folder / "edit.json").exists() or not (folder / "seconds.json").exists():
         return None
     edit = Edit.load(folder)
-    want = json.loads(json.dumps(cfg.to_dict()))
-    if edit.seed != i or any(edit.config.get(k) != v for k, v in want.items()):
+    if edit.seed != i or not same_settings(edit.config, cfg):
         return None
     return edit, json.loads((folder / "seconds.json").read_text())["seconds"]
+
+
+def same_settings(saved: dict, cfg) -> bool:
+    """Whether an edit saved with config ``saved`` was trained with ``cfg`` (compared as JSON, so tuples are lists;
+    a setting the edit predates counts at its default, which is what the code did before the setting existed)."""
+    want = json.loads(json.dumps(cfg.to_dict()))
+    default = json.loads(json.dumps(type(cfg)().to_dict()))
+    return all(saved.get(k, default[k]) == v for k, v in want.items())
 
 
 def attack_index(fp: str) -> dict[str, dict[str, list[float]]]:

@@ -35,7 +35,7 @@ from pathlib import Path
 import torch
 
 from _report import judge_flags, write_report
-from erasure import COMMON, SETTINGS, synonyms_excluded
+from erasure import COMMON, SETTINGS, same_settings, synonyms_excluded
 from unsee.attacks import AttackResult, AttackRun, asr_best_of, attack, attacks, make_config
 from unsee.edits import Edit
 from unsee.methods import config_class, erase
@@ -134,14 +134,6 @@ def edit_for(pipe, parts: Path, row: str, erasure: str, plan: Plan) -> Edit:
                 return kept
             # else the row's settings changed since: the kept edit is another row's now, train this one
         return train_edit(pipe, folder, row, erasure, plan)
-
-
-def same_settings(saved: dict, cfg) -> bool:
-    """Whether an edit saved with config ``saved`` was trained with ``cfg`` (compared as JSON, so tuples are lists;
-    a setting the edit predates counts at its default, which is what the code did before the setting existed)."""
-    want = json.loads(json.dumps(cfg.to_dict()))
-    default = json.loads(json.dumps(type(cfg)().to_dict()))
-    return all(saved.get(k, default[k]) == v for k, v in want.items())
 
 
 def row_config(row: str, erasure: str, plan: Plan):
