@@ -22,10 +22,10 @@ from _report import write_report
 from unsee.attacks import AttackResult
 from unsee.cli import parse_key_values
 from unsee.edits import Edit
-from unsee.methods import erase, make_config
+from unsee.methods import config_class, erase, make_config
 from unsee.models import fingerprint, load_pipeline, sampling_defaults
 from unsee.world import OBJECTS, STYLE_WORDS
-from unsee.world.captions import OBJECT_SYNONYMS
+from unsee.world.captions import OBJECT_SYNONYMS, concept_words
 from unsee.world.concepts import concept_images
 from unsee.world.judge2 import load_judge2
 from unsee.world.oracle import load_oracle
@@ -51,11 +51,41 @@ SETTINGS: dict[str, tuple[str, dict]] = {
     "eap-predicted": ("eap", EAP | dict(adversary="predicted", n_predicted=8, adversary_latents="own")),
     # Equation (11) over eap: learns from 32 renders of each erased object (benchmarks/robust.py attacks it).
     "robust": ("robust", EAP | dict(adversary_latents="own")),
+    # UCE in closed form, its released settings (last token, erase/preserve scale 1, lamb 0.5, guide ""; no
+    # preserve set, as in its Imagenette run); "-rest" also edits the positions after the concept's last token
+    # (UCE's first code), and "-rest-keep" is told the split's 5 preserved objects (UCE's preserve set).
+    # Equation (6), AGE: each erased object's own target, a Gumbel mixture (temperature 0.1, top-2, AGE's Imagenette
+    # settings) over its 10 nearest world concepts, descending L1; adversaries as eap's R, soft top-2 draws.
+    "age": (
+        "age",
+        dict(
+            eta=1.0,
+            lambda_=1.0,
+            k_nearest=1000,
+            n_centres=100,
+            temperature=2.0,
+            topk=2,
+            logit_lr=1e-2,
+            target_words=tuple(concept_words()),
+            n_targets=10,
+            target_temperature=0.1,
+            target_topk=2,
+            target_lr=1e-2,
+        ),
+    ),  # fmt: skip
+    "uce": ("uce", dict()),
+    "uce-rest": ("uce", dict(positions="rest")),
+    "uce-rest-keep": ("uce", dict(positions="rest")),
 }
 
 
 def _fmt(vals: list[float]) -> str:
-    return f"{100 * np.mean(vals):.1f} ± {100 * np.std(vals):.1f}"
+    """Mean ± std over splits; a split without the value (an edit no longer kept to re-judge) is left out and counted."""
+    have = [v for v in vals if not np.isnan(v)]
+    if not have:
+        return "–"
+    note = f" ({len(have)} splits)" if len(have) < len(vals) else ""
+    return f"{100 * np.mean(have):.1f} ± {100 * np.std(have):.1f}{note}"
 
 
 def main() -> None:
@@ -92,9 +122,8 @@ def main() -> None:
     rows.update({label: [] for label in args.methods})
     for i in args.splits:
         for label in args.methods:
-            method, own = SETTINGS[label]
             f = parts / f"{label}_split{i}.json"
-            cfg = make_config(method, **(common | own | synonyms_excluded(method, SPLITS[i])))
+            cfg = make_config(SETTINGS[label][0], **settings(label, common, SPLITS[i]))
             shared = shared_edit(parts, label, i, cfg)
             if f.exists() and "edit_digest" not in json.loads(f.read_text()):
                 kept = parts / "edits" / f"{label}_split{i}"
@@ -120,7 +149,8 @@ def main() -> None:
                         res[key] = edit.info[key]
                 f.write_text(json.dumps(res, indent=1, default=str))
                 print(label, i, {k: round(v, 3) for k, v in res.items() if isinstance(v, float)}, flush=True)
-            rows[label].append(json.loads(f.read_text()))
+            rows[label].append(strict(f, parts / "edits" / f"{label}_split{i}", pipe, oracle, s, SPLITS[i]))
+    rows["base"] = [strict_base(parts, pipe, oracle, s, SPLITS[i]) for i in args.splits]
     report = summarise(rows, common, args, fp)
     if args.style:
         report["style"] = style_rows(pipe, oracle, s, args, common, parts)
@@ -129,6 +159,35 @@ def main() -> None:
         report["note"] = args.note
         report["markdown"] += f"\nNote: {args.note}\n"
     write_report(out, report, report["markdown"], default=str)
+
+
+def strict(f: Path, edit_dir: Path, pipe, oracle, s: Sampling, erased) -> dict:
+    """The row of ``f``, with what each erased class's prompts draw (ESR-1-strict: an escape into another erased
+    concept fails). Rows scored before that was recorded are re-judged on their erased classes, from the kept edit and
+    the same seeds (the images are the same: their top-1 rate must come out as recorded)."""
+    res = json.loads(f.read_text())
+    if "ESR-1-strict" in res or not (edit_dir / "edit.json").exists():
+        return res
+    with Edit.load(edit_dir).applied(pipe):
+        again = class_rates(judge_objects(pipe, oracle, list(erased), s))
+    for o in erased:
+        if abs(again[o]["top1"] - res["per_class"][o]["top1"]) > 1e-9:
+            raise RuntimeError(f"{f}: re-judging {o} gave top-1 {again[o]['top1']}, not the recorded "
+                               f"{res['per_class'][o]['top1']}; the run is not reproducible, re-score it")  # fmt: skip
+        res["per_class"][o]["drawn"] = again[o]["drawn"]
+    res |= object_scores(res["per_class"], erased)
+    f.write_text(json.dumps(res, indent=1, default=str))
+    return res
+
+
+def strict_base(parts: Path, pipe, oracle, s: Sampling, erased) -> dict:
+    f = parts / "base.json"
+    base = json.loads(f.read_text())
+    if any("drawn" not in r for r in base.values()):
+        again = class_rates(judge_objects(pipe, oracle, OBJECTS, s))
+        base = {o: r | {"drawn": again[o]["drawn"]} for o, r in base.items()}
+        f.write_text(json.dumps(base))
+    return object_scores(base, erased) | {"seconds": 0.0, "per_class": base}
 
 
 def shared_edit(parts: Path, label: str, i: int, cfg) -> tuple[Edit, float] | None:
@@ -170,9 +229,18 @@ def attack_index(fp: str) -> dict[str, dict[str, list[float]]]:
     return index
 
 
+def settings(label: str, common: dict, erased) -> dict:
+    """A row's settings for erasing ``erased``: the shared ones its config has (a closed form has no iterations),
+    its own, and the per-split ones."""
+    method, own = SETTINGS[label]
+    known = set(config_class(method)().to_dict())
+    keep = {"preserve": tuple(o for o in OBJECTS if o not in erased)} if label.endswith("-keep") else {}
+    return {k: v for k, v in common.items() if k in known} | own | synonyms_excluded(method, erased) | keep
+
+
 def synonyms_excluded(method: str, erased) -> dict:
     """EAP never preserves another name of an erased concept (preserving "disk" would undo "circle")."""
-    if method not in ("eap", "robust"):
+    if method not in ("eap", "robust", "age"):
         return {}
     names = {**OBJECT_SYNONYMS, **STYLE_WORDS}
     return {"exclude": tuple(w for c in erased for w in names.get(c, (c,)))}
@@ -189,8 +257,7 @@ def style_rows(pipe, oracle, s: Sampling, args, common: dict, parts: Path) -> di
         method, own = SETTINGS[label]
         f = parts / f"style_{args.style}_{label}.json"
         if not f.exists():
-            cfg = make_config(method, **(common | own | {"template": "a {} pattern"}
-                                         | synonyms_excluded(method, [args.style])))  # fmt: skip
+            cfg = make_config(method, **(settings(label, common, [args.style]) | {"template": "a {} pattern"}))
             t0 = time.perf_counter()
             ims = {"images": [concept_images(args.style, 32, seed=0)]} if cfg.uses_images else {}
             edit = erase(pipe, [args.style], cfg, torch.Generator().manual_seed(0), **ims)
@@ -207,19 +274,19 @@ def style_rows(pipe, oracle, s: Sampling, args, common: dict, parts: Path) -> di
 
 
 def summarise(rows: dict[str, list[dict]], common: dict, args: argparse.Namespace, fp: str) -> dict:
-    keys = ["ESR-1", "ESR-3", "PSR-1", "PSR-3", "colour_preserved"]
+    keys = ["ESR-1", "ESR-1-strict", "ESR-3", "PSR-1", "PSR-3", "colour_preserved"]
     base_psr = np.mean([r["PSR-1"] for r in rows["base"]])
     table = [
-        "| method | ESR-1 | ESR-3 | PSR-1 | PSR-3 | colour (preserved) | PSR-1 loss | inversion ASR (objects) | "
-        "token-search ASR (objects) | s / erasure |",
-        "|---" * 10 + "|",
+        "| method | ESR-1 | ESR-1 strict | ESR-3 | PSR-1 | PSR-3 | colour (preserved) | PSR-1 loss | inversion ASR (objects) "
+        "| token-search ASR (objects) | s / erasure |",
+        "|---" * 11 + "|",
     ]
     summary = {}
     index = attack_index(fp)
     for m, rs in rows.items():
         loss = base_psr - np.mean([r["PSR-1"] for r in rs])
         secs = np.mean([r["seconds"] for r in rs])
-        summary[m] = {k: [r[k] for r in rs] for k in keys} | {"psr1_loss": float(loss), "seconds": float(secs)}
+        summary[m] = {k: [r.get(k, np.nan) for r in rs] for k in keys} | {"psr1_loss": float(loss), "seconds": float(secs)}
         asr = {}
         for a in ("inversion", "token-search"):
             got = [v for r in rs for v in index.get(r.get("edit_digest", ""), {}).get(a, [])]
@@ -230,7 +297,9 @@ def summarise(rows: dict[str, list[dict]], common: dict, args: argparse.Namespac
                      + f" | {100 * loss:.1f} | " + " | ".join(cells) + f" | {secs:.0f} |")  # fmt: skip
     lines = ["# Object erasure on the mini model (5 of 10 objects at once, 4 splits)", "",
              f"Model: `mini`, fingerprint `{fp}`. Splits {list(args.splits)}; {args.n} images × 8 prompts per class; "
-             "oracle top-k; mean ± std over splits. ASR: mean over the erased objects attacked on these very edits "
+             "oracle top-k; mean ± std over splits. ESR-1 strict counts an erased prompt that draws another of the "
+             "split's erased objects as a failure (ESR-1 counts it a success). "
+             "ASR: mean over the erased objects attacked on these very edits "
              "(benchmarks/attacks.py, benchmarks/robust.py) at the fixed budgets (inversion 300 steps, token search 160), "
              "judged by the oracle on 4 colour prompts x 8 seeds; the count says how many of the row's objects were "
              "attacked.",

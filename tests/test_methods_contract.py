@@ -10,11 +10,16 @@ from diffusers import StableDiffusionPipeline
 
 from unsee.edits import Edit, FingerprintMismatch
 from unsee.methods import Run, config_class, config_from_dict, erase, make_config, methods
-from unsee.methods.base import select_params
 from unsee.models import fingerprint
 
 FAST = dict(iterations=2, batch_size=2, ddim_steps=3)
 CONCEPTS = ["circle", "square"]
+TRAINED = [m for m in methods() if config_class(m).trains]
+"""The fine-tuning methods; a closed-form one (uce) has no iterations, random draws or checkpoints."""
+
+
+def _fast(method: str, **kw) -> dict:
+    return (FAST if config_class(method).trains else {}) | kw
 
 
 def _images(pipe, method: str) -> dict:
@@ -27,7 +32,7 @@ def _images(pipe, method: str) -> dict:
 
 
 def _erase(pipe, method, seed=0, **kw):
-    cfg = make_config(method, **(FAST | kw))
+    cfg = make_config(method, **_fast(method, **kw))
     return erase(pipe, CONCEPTS, cfg, torch.Generator().manual_seed(seed), **_images(pipe, method))
 
 
@@ -38,8 +43,8 @@ def test_runs_and_changes_only_its_declared_parameters(tiny_pipe, method):
     edit = _erase(tiny_pipe, method)
     assert isinstance(edit, Edit) and edit.method == method and edit.concepts == tuple(CONCEPTS)
     assert fingerprint(tiny_pipe) == before == edit.base_fingerprint, "erase leaves the pipeline unchanged"
-    declared = {f"unet.{n}" for n in select_params(tiny_pipe.unet, make_config(method).params)}
-    assert set(edit.tensors) == declared
+    declared = {f"unet.{n}" for n in make_config(method).changed_params(tiny_pipe.unet)}
+    assert declared and set(edit.tensors) == declared
     moved = [k for k, v in edit.tensors.items() if not torch.equal(v, originals[k.split(".", 1)[1]])]
     assert moved, "training changed at least one declared tensor"
 
@@ -59,7 +64,9 @@ def test_same_seed_same_edit(tiny_pipe, method):
     for k in a.tensors:
         assert torch.equal(a.tensors[k], b.tensors[k]), k
     c = _erase(tiny_pipe, method, seed=4)
-    assert any(not torch.equal(a.tensors[k], c.tensors[k]) for k in a.tensors)
+    differ = any(not torch.equal(a.tensors[k], c.tensors[k]) for k in a.tensors)
+    # a trained edit follows its generator; a closed form has nothing random, so the seed must not matter
+    assert differ == config_class(method).trains
 
 
 @pytest.mark.parametrize("method", methods())
@@ -85,12 +92,12 @@ def test_save_load_apply_restore_are_exact(tiny_pipe, method, tmp_path):
 
 @pytest.mark.parametrize("method", methods())
 def test_config_round_trips_through_json(method):
-    cfg = make_config(method, **FAST)
+    cfg = make_config(method, **_fast(method))
     again = config_from_dict(json.loads(json.dumps(cfg.to_dict())))
     assert again == cfg and type(again) is type(cfg)
 
 
-@pytest.mark.parametrize("method", methods())
+@pytest.mark.parametrize("method", TRAINED)
 def test_interrupted_erasure_resumes_to_the_same_edit(tiny_pipe, method, tmp_path):
     cfg = make_config(method, **(FAST | {"iterations": 4}))
     ims = _images(tiny_pipe, method)
@@ -105,15 +112,28 @@ def test_interrupted_erasure_resumes_to_the_same_edit(tiny_pipe, method, tmp_pat
 
 @pytest.mark.parametrize("method", methods())
 def test_nan_loss_is_a_clear_error(tiny_pipe, method):
+    trains = config_class(method).trains
+    # a NaN where the method reads: anywhere for a trained UNet, a projection it solves for in closed form
+    name = "conv_in.bias" if trains else make_config(method).changed_params(tiny_pipe.unet)[0]
     with torch.no_grad():
-        tiny_pipe.unet.conv_in.bias.fill_(float("nan"))
-    with pytest.raises(FloatingPointError, match=r"lower `lr` \(now "):
+        dict(tiny_pipe.unet.named_parameters())[name].view(-1)[0] = float("nan")
+    with pytest.raises(FloatingPointError, match=r"lower `lr` \(now " if trains else r"not finite.*raise `lamb`"):
         _erase(tiny_pipe, method)
+
+
+@pytest.mark.parametrize("method", sorted(set(methods()) - set(TRAINED)))
+def test_closed_form_refuses_resume_and_is_exactly_repeatable(tiny_pipe, method, tmp_path):
+    a = _erase(tiny_pipe, method)
+    b = erase(tiny_pipe, CONCEPTS, make_config(method), torch.Generator().manual_seed(0), run=Run(tmp_path, progress=False))
+    assert all(torch.equal(a.tensors[k], b.tensors[k]) for k in a.tensors)
+    assert not list(tmp_path.iterdir()), "a closed form writes no checkpoint"
+    with pytest.raises(ValueError, match="nothing to resume; drop `resume`"):
+        erase(tiny_pipe, CONCEPTS, make_config(method), run=Run(tmp_path, resume=True, progress=False))
 
 
 @pytest.mark.parametrize("method", methods())
 def test_bad_concepts_are_refused(tiny_pipe, method):
-    cfg = make_config(method, **FAST)
+    cfg = make_config(method, **_fast(method))
     with pytest.raises(ValueError, match="no concept"):
         erase(tiny_pipe, [], cfg)
     with pytest.raises(ValueError, match="empty concept"):

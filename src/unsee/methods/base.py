@@ -32,7 +32,33 @@ PARAM_SETS: tuple[str, ...] = ("xattn", "noxattn", "selfattn", "full")
 
 
 @dataclass
-class MethodConfig:
+class EraseConfig:
+    """What every eraser's config has, trained or closed-form: how a concept becomes a prompt, and its name."""
+
+    template: str = "{}"
+    """How a concept becomes a prompt, e.g. ``"a {}"``."""
+    allow_split: bool = False
+    """Allow concepts whose words the tokenizer splits into pieces (real SD vocabularies often do)."""
+
+    name: ClassVar[str] = "?"
+    uses_images: ClassVar[bool] = False
+    """Whether the method learns from images of the erased concepts (``erase(..., images=)``)."""
+    trains: ClassVar[bool] = True
+    """False for a closed-form editor (``uce``): no iterations, no random draws, nothing to checkpoint."""
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"method": self.name, **asdict(self)}
+
+    def changed_params(self, unet: torch.nn.Module) -> list[str]:
+        """Names of the UNet parameters the method's edit holds."""
+        raise NotImplementedError
+
+    def __post_init__(self) -> None:
+        pass
+
+
+@dataclass
+class MethodConfig(EraseConfig):
     """Settings shared by the fine-tuning erasers (ESD's defaults, tuned on the mini model)."""
 
     params: ParamSet = "xattn"
@@ -46,17 +72,9 @@ class MethodConfig:
     ddim_steps: int = 10
     """z_t comes from t_index ~ U{0..ddim_steps-1} DDIM steps of the model being trained."""
     sample_guidance: float = 3.0
-    template: str = "{}"
-    """How a concept becomes a prompt, e.g. ``"a {}"``."""
-    allow_split: bool = False
-    """Allow concepts whose words the tokenizer splits into pieces (real SD vocabularies often do)."""
 
-    name: ClassVar[str] = "?"
-    uses_images: ClassVar[bool] = False
-    """Whether the method learns from images of the erased concepts (``erase(..., images=)``)."""
-
-    def to_dict(self) -> dict[str, Any]:
-        return {"method": self.name, **asdict(self)}
+    def changed_params(self, unet: torch.nn.Module) -> list[str]:
+        return select_params(unet, self.params)
 
     def __post_init__(self) -> None:
         if self.params not in PARAM_SETS:
@@ -70,7 +88,7 @@ EraseFn = Callable[..., Edit]
 Objective = tuple[Callable[[int], dict[str, torch.Tensor]], Callable[[], dict[str, Any]]]
 """A method's loss as ``(step, info)``: ``step(i)`` returns update ``i``'s loss terms (``"loss"`` is
 minimised), ``info()`` what the edit records once training ends; wrappers such as ``robust`` add terms."""
-_REGISTRY: Registry[MethodConfig, EraseFn] = Registry("method")
+_REGISTRY: Registry[EraseConfig, EraseFn] = Registry("method")
 register = _REGISTRY.register
 """Register an erasure method under ``name`` with its config class."""
 methods = _REGISTRY.names
@@ -92,7 +110,7 @@ class Run:
 def erase(
     pipe: StableDiffusionPipeline,
     concepts: Concept | Sequence[Concept],
-    cfg: MethodConfig,
+    cfg: EraseConfig,
     generator: torch.Generator | None = None,
     *,
     run: Run | None = None,
@@ -129,7 +147,7 @@ def erase(
 
 
 def check_images(images: torch.Tensor | Sequence[torch.Tensor] | None, n_concepts: int,
-                 cfg: MethodConfig) -> list[torch.Tensor]:  # fmt: skip
+                 cfg: EraseConfig) -> list[torch.Tensor]:  # fmt: skip
     """``images`` as one ``(N, 3, H, W)`` batch per erased concept, with one-line errors naming the fix."""
     if images is None:
         raise ValueError(f"the {cfg.name} method learns from images of each erased concept (D_ce); pass `images`, "
@@ -146,7 +164,7 @@ def check_images(images: torch.Tensor | Sequence[torch.Tensor] | None, n_concept
     return batches
 
 
-def check_concepts(pipe: StableDiffusionPipeline, concepts: Sequence[str], cfg: MethodConfig) -> None:
+def check_concepts(pipe: StableDiffusionPipeline, concepts: Sequence[str], cfg: EraseConfig) -> None:
     if not concepts:
         raise ValueError("no concept given; pass at least one in `concepts`")
     tok = pipe.tokenizer

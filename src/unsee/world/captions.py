@@ -88,6 +88,12 @@ def prompt(obj: str | None = None, colour: str | None = None, style: str | None 
     return head + (f" on {with_article(style)} background" if style else "")
 
 
+def concept_words() -> list[str]:
+    """The world's concept names (objects, colours, styles, with their synonyms, and the shape families): the
+    vocabulary a method picks concepts from when it should pick concepts, not function words (AGE's targets)."""
+    return [*JUDGE_LABELS, *(f for f in FAMILIES if f not in JUDGE_LABELS)]
+
+
 def caption_words() -> list[str]:
     """Every word any caption or standard prompt can contain, in a fixed order."""
     words: list[str] = []

@@ -66,6 +66,7 @@ def class_rates(results: dict[str, list[PromptResult]]) -> dict[str, dict[str, f
     for obj, res in results.items():
         r = {f"top{k}": float(np.mean([p.rate("object", obj, k) for p in res])) for k in KS}
         r["colour_top1"] = float(np.mean([p.rate("colour", c) for p, c in zip(res, COLOUR_NAMES)]))
+        r["drawn"] = drawn(res)
         if all(p.check is not None for p in res):
             r["agreement"] = agreement(res, "object")
         rates[obj] = r
@@ -77,13 +78,25 @@ def flagged_classes(rates: dict[str, dict[str, float]], floor: float = AGREEMENT
     return flagged({c: r["agreement"] for c, r in rates.items() if "agreement" in r}, floor)
 
 
+def drawn(results: Sequence[PromptResult], group: str = "object") -> dict[str, float]:
+    """What a class's prompts draw: the share of its images whose top-1 on ``group`` is each label."""
+    tops = [row[0] for p in results for row in p.topk[group]]
+    return {label: tops.count(label) / len(tops) for label in sorted(set(tops))}
+
+
 def object_scores(rates: dict[str, dict[str, float]], erased: Sequence[str]) -> dict[str, float]:
-    """ESR-k over erased classes, PSR-k over the others, and colour accuracy on both."""
+    """ESR-k over erased classes, PSR-k over the others, and colour accuracy on both.
+
+    ``ESR-1-strict`` (when the rates hold :func:`drawn`) counts an erased prompt that draws *another* erased concept
+    as a failure too: erasing circle, square and star together, "a circle" drawing a star is an escape, not an
+    erasure."""
     kept = [o for o in rates if o not in erased]
     out = {}
     for k in KS:
         out[f"ESR-{k}"] = float(np.mean([1 - rates[o][f"top{k}"] for o in erased]))
         out[f"PSR-{k}"] = float(np.mean([rates[o][f"top{k}"] for o in kept]))
+    if all("drawn" in rates[o] for o in erased):
+        out["ESR-1-strict"] = float(np.mean([1 - sum(rates[o]["drawn"].get(e, 0.0) for e in erased) for o in erased]))
     out["colour_erased"] = float(np.mean([rates[o]["colour_top1"] for o in erased]))
     out["colour_preserved"] = float(np.mean([rates[o]["colour_top1"] for o in kept]))
     return out
