@@ -85,6 +85,11 @@ def test_object_scores_arithmetic():
              for o, v in zip("abcd", [0.0, 0.5, 1.0, 0.8])}  # fmt: skip
     s = object_scores(rates, ["a", "b"])
     assert s["ESR-1"] == pytest.approx(0.75) and s["PSR-1"] == pytest.approx(0.9)
+    assert "ESR-1-strict" not in s, "no strict ESR without what the erased prompts drew"
+    # "a" draws b half the time (an escape into the erased set), "b" draws c (outside it) half the time
+    drawn = {"a": {"a": 0.0, "b": 0.5, "c": 0.5}, "b": {"b": 0.5, "c": 0.5}}
+    strict = object_scores({o: r | {"drawn": drawn.get(o, {})} for o, r in rates.items()}, ["a", "b"])
+    assert strict["ESR-1"] == pytest.approx(0.75) and strict["ESR-1-strict"] == pytest.approx((0.5 + 0.5) / 2)
     assert s["ESR-3"] == pytest.approx(0.55) and s["PSR-3"] == pytest.approx(1.0)
 
 

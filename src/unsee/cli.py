@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 import re
 import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import fields
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -225,6 +227,10 @@ def _erase(args: argparse.Namespace) -> None:
     for name in ("iterations", "lr", "params", "template", "adversary", "allow_split"):
         if getattr(args, name) is not None:
             overrides[name] = getattr(args, name)
+    if args.method == "age" and args.model == "mini" and "target_words" not in overrides:
+        from unsee.world.captions import concept_words
+
+        overrides["target_words"] = tuple(concept_words())  # the world names its concepts, as AGE's vocabularies do
     cfg = make_config(args.method, **overrides)
     concepts, learned = learned_concepts(args.concept, args.learned or [])
     if args.images and not cfg.uses_images:
@@ -577,21 +583,118 @@ def _add_attack(sub: argparse._SubParsersAction) -> None:
     at.set_defaults(func=_attack)
 
 
-def _apply(args: argparse.Namespace) -> None:
+@contextmanager
+def shared_tensor_warnings() -> Iterator[None]:
+    """Within this block, the warning that composed edits share tensors is printed as one ``unsee: warning:`` line."""
+    import warnings
+
+    from unsee.edits import SharedTensorsWarning
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", SharedTensorsWarning)
+        yield
+    for w in caught:
+        if issubclass(w.category, SharedTensorsWarning):
+            print(f"unsee: warning: {w.message}", file=sys.stderr)
+        else:
+            warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
+
+
+def compose_edits(folders: list[str], pipe, force: bool = False):
+    """The edit folders as one edit: the edit itself, or their composition on ``pipe`` (deltas summed)."""
     from unsee.edits import Edit
+
+    edits = [Edit.load(f) for f in folders]
+    if len(edits) == 1:
+        return edits[0]
+    with shared_tensor_warnings():
+        return Edit.compose(edits, pipe, force=force)
+
+
+def _apply(args: argparse.Namespace) -> None:
     from unsee.models import load_pipeline
 
-    out = Edit.load(args.edit).merge(load_pipeline(args.model), args.out, force=args.force)
-    print(f"merged diffusers pipeline written to {out}")
+    pipe = load_pipeline(args.model)
+    edit = compose_edits(args.edit, pipe, force=args.force)
+    out = edit.merge(pipe, args.out, force=args.force)
+    if args.save_edit:
+        edit.save(args.save_edit)
+        print(f"edit written to {args.save_edit}")
+    what = f"the composition of {len(args.edit)} edits" if len(args.edit) > 1 else "the edit"
+    print(f"merged diffusers pipeline ({what}) written to {out}")
 
 
 def _add_apply(sub: argparse._SubParsersAction) -> None:
-    ap = sub.add_parser("apply", help="merge an edit into a model and write a diffusers folder")
-    ap.add_argument("edit")
+    ap = sub.add_parser("apply", help="merge an edit, or several composed (their changes summed), into a model and "
+                        "write a diffusers folder")  # fmt: skip
+    ap.add_argument("edit", nargs="+", help="edit folders; several are composed: each one's change to the base model is "
+                    "added, and a tensor two edits change gets the sum of both changes (a warning names them)")  # fmt: skip
     ap.add_argument("--model", default="mini")
     ap.add_argument("--out", required=True)
-    ap.add_argument("--force", action="store_true", help="apply an edit made for another base model")
+    ap.add_argument("--save-edit", default=None, metavar="DIR", help="also save the (composed) edit as an edit folder")
+    ap.add_argument("--force", action="store_true", help="apply edits made for another base model")
     ap.set_defaults(func=_apply)
+
+
+def _compose_report(args: argparse.Namespace) -> None:
+    import json
+
+    from unsee.models import load_pipeline
+
+    if args.model != "mini":
+        raise ValueError("compose-report judges with the mini world's oracle, so it runs on --model mini; on other "
+                         "models call unsee.impact.interference.interference_report() from Python with any "
+                         "unsee.judges.Judge and your prompts")  # fmt: skip
+    if len(args.edit) < 2:
+        raise ValueError(f"compose-report compares edits with their composition: pass two edit folders or more "
+                         f"(got {len(args.edit)})")  # fmt: skip
+    from unsee.concepts.prompts import DEFAULT_NEUTRAL
+    from unsee.edits import Edit
+    from unsee.impact.interference import interference_report, plot_spectra
+    from unsee.impact.spectrum import concept_vocabulary, make_draws
+    from unsee.world.captions import JUDGE_LABELS
+    from unsee.world.oracle import load_oracle
+    from unsee.world.prompts import composition_prompts
+
+    edits = [Edit.load(f) for f in args.edit]
+    erased = list(dict.fromkeys(JUDGE_LABELS.get(c, c) for e in edits for c in e.concepts))
+    prompts = composition_prompts(erased, n_prompts=args.prompts, n_preserved=args.preserved)
+    pipe = load_pipeline(args.model)
+    vocab = draws = None
+    if args.draws > 0:
+        vocab = concept_vocabulary(pipe, neutral=DEFAULT_NEUTRAL, cache_dir=args.cache)
+        draws = make_draws(pipe, args.draws, seed=args.seed)
+    with shared_tensor_warnings():
+        report = interference_report(pipe, edits, load_oracle(), prompts, labels=JUDGE_LABELS, vocab=vocab, draws=draws,
+                                     n=args.n, seed=args.seed, cache_dir=args.cache, keep_images=True, force=args.force,
+                                     progress=True)  # fmt: skip
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    images = [report.grid(out / "grid.png").name]
+    if report.spectrum is not None:
+        images.append(plot_spectra(report, out / "spectrum.png").name)
+    meta = {"model": args.model, "model_fingerprint": edits[0].base_fingerprint, "edits": args.edit}
+    (out / "compose.json").write_text(json.dumps(report.to_dict() | meta, indent=2))
+    md = report.markdown(images)
+    (out / "compose.md").write_text(md)
+    print(md)
+    print(f"wrote {out / 'compose.json'}, {out / 'compose.md'} and {', '.join(str(out / i) for i in images)}")
+
+
+def _add_compose_report(sub: argparse._SubParsersAction) -> None:
+    cr = sub.add_parser("compose-report", help="how separately made edits interfere when composed: each concept's "
+                        "ESR alone and composed, PSR composed vs each alone, the spectra (JSON + a page of grids)")  # fmt: skip
+    cr.add_argument("edit", nargs="+", help="edit folders (two or more), made on one base model")
+    cr.add_argument("--model", default="mini")
+    cr.add_argument("--out", required=True, help="folder (compose.json, compose.md, grid.png, spectrum.png)")
+    cr.add_argument("--n", type=int, default=2, help="images per prompt")
+    cr.add_argument("--prompts", type=int, default=4, help="prompts per erased concept")
+    cr.add_argument("--preserved", type=int, default=8, help="prompts that ask for no erased concept (PSR)")
+    cr.add_argument("--draws", type=int, default=4, help="fixed (z_t, t) draws of the spectra (0: no spectra)")
+    cr.add_argument("--seed", type=int, default=0)
+    cr.add_argument("--cache", default=str(Path.home() / ".cache" / "unsee"), help="where base outputs are cached")
+    cr.add_argument("--force", action="store_true", help="compose edits made for another base model")
+    cr.set_defaults(func=_compose_report)
 
 
 def _evaluate(args: argparse.Namespace) -> None:
@@ -798,6 +901,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_erase(sub)
     _add_attack(sub)
     _add_apply(sub)
+    _add_compose_report(sub)
     _add_evaluate(sub)
     _add_spectrum(sub)
     mod = sub.add_parser("models", help="list the bundled models")

@@ -2,14 +2,16 @@
 
 An edit saves as ``edit.safetensors`` + ``edit.json``, applies to a pipeline and restores it
 exactly, refuses a pipeline with another base fingerprint unless forced, and merges into a
-diffusers folder that plain ``StableDiffusionPipeline.from_pretrained`` loads.
+diffusers folder that plain ``StableDiffusionPipeline.from_pretrained`` loads. Separately made
+edits of one base model compose into one (:meth:`Edit.compose`: their deltas summed).
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Iterator
+import warnings
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -27,6 +29,10 @@ COMPONENTS = ("unet", "text_encoder")
 
 class FingerprintMismatch(ValueError):
     """The edit was made for another base model."""
+
+
+class SharedTensorsWarning(UserWarning):
+    """Several composed edits change the same tensor: it gets the sum of their deltas (:meth:`Edit.compose`)."""
 
 
 def _split(key: str) -> tuple[str, str]:
@@ -61,6 +67,77 @@ class Edit:
     @property
     def num_changed(self) -> int:
         return sum(t.numel() for t in self.tensors.values())
+
+    # -- composition ---------------------------------------------------------------------
+    @classmethod
+    def compose(cls, edits: Sequence[Edit], base: StableDiffusionPipeline, *, force: bool = False) -> Edit:
+        """One edit that makes the changes of all ``edits``, each made separately on the model ``base`` holds.
+
+        The policy: every edit's delta (its value minus ``base``'s) is added to ``base``. A tensor one edit
+        changes takes that edit's value as it is (composing one edit gives that edit back, digest and all); a
+        tensor several edits change gets the sum of their deltas, added in float64 in the order of the edits'
+        digests, so the result does not depend on the order ``edits`` come in, and a
+        :class:`SharedTensorsWarning` names those tensors: there the edits' changes can interfere, and the
+        composition may erase less, or keep other concepts worse, than the edits alone
+        (:func:`unsee.impact.interference.interference_report` measures it). The composed edit's
+        ``config["parts"]`` records each edit's method, concepts, seed and digest, and ``info["shared"]`` which
+        parts share which tensor.
+
+        Edits made for different base models are refused (their deltas are not differences of one model);
+        ``base`` must be that model, which ``force`` skips checking (as :meth:`apply` does).
+        """
+        edits = list(edits)
+        if not edits:
+            raise ValueError("nothing to compose: `edits` is empty; pass at least one edit")
+        made_for = sorted({e.base_fingerprint for e in edits})
+        if len(made_for) > 1:
+            raise FingerprintMismatch(f"the edits were made for different base models ({', '.join(made_for)}); compose "
+                                      "only edits made on one model")  # fmt: skip
+        edits[0].check(base, force)
+        digests = [e.digest for e in edits]
+        order = sorted(range(len(edits)), key=lambda i: (digests[i], edits[i].method, edits[i].concepts, str(edits[i].seed)))
+        parts = [edits[i] for i in order]
+        digests = [digests[i] for i in order]
+        owners: dict[str, list[int]] = {}
+        for i, e in enumerate(parts):
+            for key in e.tensors:
+                owners.setdefault(key, []).append(i)
+        params = {c: dict(getattr(base, c).named_parameters()) for c in COMPONENTS}
+        tensors = {}
+        for key in sorted(owners):
+            held = owners[key]
+            if len(held) == 1:
+                tensors[key] = parts[held[0]].tensors[key]
+                continue
+            comp, name = _split(key)
+            if name not in params[comp]:
+                raise ValueError(f"edit changes {key}, which `base` does not have; it is for another architecture")
+            b = params[comp][name].detach().to("cpu", torch.float64)
+            total = b.clone()
+            for i in held:
+                value = parts[i].tensors[key]
+                if value.shape != b.shape:
+                    raise ValueError(f"edit {digests[i]} has {key} of shape {tuple(value.shape)}, `base` {tuple(b.shape)}")
+                total += value.to("cpu", torch.float64) - b
+            tensors[key] = total.float()
+        shared = {key: [digests[i] for i in held] for key, held in owners.items() if len(held) > 1}
+        if shared:
+            names = sorted(shared)
+            more = f" and {len(names) - 4} more" if len(names) > 4 else ""
+            warnings.warn(f"{len(names)} tensors are changed by more than one of the composed edits ({', '.join(names[:4])}"
+                          f"{more}); each gets the sum of the edits' deltas, see the composed edit's info['shared']",
+                          SharedTensorsWarning, stacklevel=2)  # fmt: skip
+        recorded = [{"method": e.method, "concepts": list(e.concepts), "seed": e.seed, "digest": d}
+                    for e, d in zip(parts, digests)]  # fmt: skip
+        return cls(
+            method="compose",
+            config={"method": "compose", "policy": "sum of deltas", "parts": recorded},
+            concepts=tuple(dict.fromkeys(c for e in parts for c in e.concepts)),
+            base_fingerprint=made_for[0],
+            seed=None,
+            tensors=tensors,
+            info={"shared": shared},
+        )
 
     # -- files ---------------------------------------------------------------------------
     def save(self, folder: str | Path) -> Path:

@@ -67,8 +67,10 @@ def prompt_images(
     batch_size: int = 64,
     progress: bool = False,
     learned: Learned | None = None,
+    seeds: Sequence[int] | None = None,
 ) -> list[torch.Tensor]:
-    """``n`` images per prompt ``(n, 3, H, W)`` in [0, 1]; prompt i's z_T comes from seed ``seed + i``.
+    """``n`` images per prompt ``(n, 3, H, W)`` in [0, 1]; prompt i's z_T comes from seed ``seed + i``, or
+    ``seeds[i]`` when given (a prompt keeps its images whichever other prompts are drawn with it).
 
     ``steps`` and ``guidance_scale`` default to the model's own (``unsee.models.sampling_defaults``).
     """
@@ -78,8 +80,11 @@ def prompt_images(
     check_sampling(steps, guidance_scale)
     if n < 1:
         raise ValueError(f"`n` must be at least 1 (got {n}): the images per prompt")
+    if seeds is not None and len(seeds) != len(prompts):
+        raise ValueError(f"`seeds` has {len(seeds)} seeds for {len(prompts)} prompts; pass one per prompt")
+    seeds = [seed + i for i in range(len(prompts))] if seeds is None else list(seeds)
     jobs = [(i, j) for i in range(len(prompts)) for j in range(n)]
-    latents = {i: prompt_latents(pipe, n, seed + i) for i in range(len(prompts))}
+    latents = {i: prompt_latents(pipe, n, seeds[i]) for i in range(len(prompts))}
     neg = encode_prompts(pipe, [""])
     images: dict[int, list[torch.Tensor]] = {i: [] for i in range(len(prompts))}
     for s in tqdm(range(0, len(jobs), batch_size), desc="sampling", disable=not progress):
@@ -109,13 +114,14 @@ def judge_prompts(
     progress: bool = False,
     check: Judge | None = None,
     learned: Learned | None = None,
+    seeds: Sequence[int] | None = None,
 ) -> list[PromptResult]:
-    """Generate ``n`` images per prompt (prompt i seeded ``seed + i``) and read them with ``judge``
-    (top-``k``), and with ``check`` (top-1), a second judge of the same groups, when given."""
+    """Generate ``n`` images per prompt (prompt i seeded ``seed + i``, or ``seeds[i]``) and read them with
+    ``judge`` (top-``k``), and with ``check`` (top-1), a second judge of the same groups, when given."""
     if check is not None:
         same_groups(judge, check)
     images = prompt_images(pipe, prompts, n=n, seed=seed, steps=steps, guidance_scale=guidance_scale,
-                           batch_size=batch_size, progress=progress, learned=learned)  # fmt: skip
+                           batch_size=batch_size, progress=progress, learned=learned, seeds=seeds)  # fmt: skip
     return [PromptResult(p, topk(judge, ims, k), ims if keep_images else None,
                          topk(check, ims, 1) if check is not None else None)
             for p, ims in zip(prompts, images)]  # fmt: skip

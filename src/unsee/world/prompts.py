@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 from unsee.world.captions import OBJECT_SYNONYMS, STYLE_WORDS, with_article
@@ -61,4 +62,41 @@ def two_object_set() -> list[Expected]:
         for b in (OBJECTS[(i + 3) % len(OBJECTS)], OBJECTS[(i + 7) % len(OBJECTS)]):
             ca, cb = COLOUR_NAMES[i % 8], COLOUR_NAMES[(i + 4) % 8]
             out.append(Expected(f"{with_article(f'{ca} {a}')} and {with_article(f'{cb} {b}')}", obj=a, second=b))
+    return out
+
+
+def composition_prompts(erased: Sequence[str], *, n_prompts: int = 4, n_preserved: int = 8) -> dict[str, tuple[str, ...]]:
+    """The prompts an interference report of erasures of ``erased`` asks with: prompt -> the oracle labels it asks for
+    (the ``prompts`` of :func:`unsee.impact.interference.interference_report`).
+
+    ``n_prompts`` per erased concept, which the world's concepts the composition keeps surround (objects
+    ``"a {colour} {object}"``, colours ``"a {colour} {object}"``, styles ``"a {colour} {object} on a {style}
+    background"``), and ``n_preserved`` prompts that ask for a kept object, colour and style together (every
+    kept one at least once when ``n_preserved`` allows).
+    """
+    from unsee.world.concepts import world_concept
+
+    names = [world_concept(c) for c in erased]
+    gone = {c.name for c in names}
+    if n_prompts < 1 or n_preserved < 1:
+        raise ValueError(f"`n_prompts` and `n_preserved` must be at least 1 (got {n_prompts} and {n_preserved})")
+    kinds = [c.kind for c in names if c.kind not in ("object", "colour", "background")]
+    if kinds:
+        raise ValueError(f"composition prompts ask for objects, colours and styles; not the {kinds[0]}")
+    objects = [o for o in OBJECTS if o not in gone] or list(OBJECTS)
+    colours = [c for c in COLOUR_NAMES if c not in gone] or list(COLOUR_NAMES)
+    styles = [b for b in BACKGROUNDS if b not in gone] or list(BACKGROUNDS)
+    out: dict[str, tuple[str, ...]] = {}
+    for c in names:
+        for i in range(n_prompts):
+            o, col = objects[i % len(objects)], colours[(i + 1) % len(colours)]
+            if c.kind == "object":
+                out[with_article(f"{col} {c.name}")] = (c.name, col)
+            elif c.kind == "colour":
+                out[with_article(f"{c.name} {o}")] = (o, c.name)
+            else:
+                out[f"{with_article(f'{col} {o}')} on {with_article(c.name)} background"] = (o, col, c.name)
+    for i in range(n_preserved):
+        o, col, b = objects[i % len(objects)], colours[(i + 2) % len(colours)], styles[i % len(styles)]
+        out[f"{with_article(f'{col} {o}')} on {with_article(b)} background"] = (o, col, b)
     return out
