@@ -762,7 +762,8 @@ def _evaluate(args: argparse.Namespace) -> None:
                 report["scores"][f"ASR {a}"] = sum(got) / len(got)
     flags = report.get("flagged", [])
     rows = [f"| {k} | {100 * v:.1f}% |" for k, v in report["scores"].items()]
-    cols = list(dict.fromkeys(k for r in report["per_class"].values() for k in r))
+    # numbers only: a class's "drawn" (what its prompts draw) stays in the JSON
+    cols = list(dict.fromkeys(k for r in report["per_class"].values() for k, v in r.items() if isinstance(v, int | float)))
     per_class = [f"| {mark(c, flags)} | " + " | ".join(f"{100 * r[k]:.1f}%" if k in r else "" for k in cols) + " |"
                  for c, r in report["per_class"].items()]  # fmt: skip
     md_lines = [f"# {args.protocol}: {args.edit or args.model}", "", "The oracle's reads.", "",
