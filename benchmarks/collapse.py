@@ -115,6 +115,7 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--methods", nargs="+", default=["neutral", "esd", "eap", "age"], choices=list(SETTINGS))
     ap.add_argument("--sizes", nargs="+", type=int, default=list(SETS), choices=list(SETS))
+    ap.add_argument("--report-only", action="store_true", help="write the report from the runs kept; train nothing")
     ap.add_argument("--no-escape", action="store_true", help="skip the escape erasure (another process runs it)")
     ap.add_argument("--n", type=int, default=4, help="seeds per prompt")
     ap.add_argument("--quick", action="store_true", help="2 iterations per erasure: checks the script, measures nothing")
@@ -136,6 +137,10 @@ def main() -> None:
         for method in args.methods:
             f = parts / f"{method}_{name}.json"
             folder = parts / "edits" / f"{method}_{name}"
+            if args.report_only:
+                if f.exists():
+                    results.setdefault(method, {})[name] = json.loads(f.read_text())
+                continue
             if not (folder / "edit.json").exists():
                 cfg = make_config(SETTINGS[method][0], **settings(method, common, concepts))
                 t0 = time.perf_counter()
@@ -199,7 +204,7 @@ def markdown(r: dict, args) -> str:
             lines.append(f"| a … {c} | " + " | ".join(cells) + " |")
         lines.append("")
     ten = r["results"]
-    if "10" in args.sizes and all("10" in ten.get(m, {}) for m in ("neutral", "age")):
+    if 10 in args.sizes and all("10" in ten.get(m, {}) for m in ("neutral", "age")):
         a, b = ten["age"]["10"], ten["neutral"]["10"]
         lines += [f"At 10 concepts, age's collapse index is {a['collapse']:.2f} against neutral's {b['collapse']:.2f} "
                   f"(margin {b['collapse'] - a['collapse']:+.2f}), at ESR-1 {100 * a['ESR-1']:.0f} vs "
