@@ -24,6 +24,7 @@ from diffusers import StableDiffusionPipeline
 from unsee.concepts.vocab import adversary_candidates, build_vocabulary
 from unsee.edits import Edit
 from unsee.methods.base import MethodConfig, Run, Trainer, mse, register
+from unsee.methods.eap import gumbel_softmax
 from unsee.sampling import Learned
 
 
@@ -68,12 +69,10 @@ class AGEConfig(MethodConfig):
 
 
 def gumbel_topk(logits: torch.Tensor, n: int, tau: float, k: int, g: torch.Generator) -> torch.Tensor:
-    """``n`` soft top-k Gumbel-softmax draws over the last axis of ``logits`` (``(|R|,)`` or ``(n, |R|)``): the
-    softmax of perturbed logits, zero outside its ``k`` largest entries, renormalised (AGE's ``hard=0``)."""
-    width = logits.shape[-1]
-    u = torch.rand((n, width), generator=g).clamp_(1e-10, 1 - 1e-10).to(logits.device)
-    y = ((logits - torch.log(-torch.log(u))) / tau).softmax(-1)
-    if k >= width:
+    """``n`` soft top-k Gumbel-softmax draws over the last axis of ``logits`` (``(|R|,)`` or ``(n, |R|)``): EAP's soft
+    draw, zero outside its ``k`` largest entries, renormalised (AGE's ``hard=0``)."""
+    y = gumbel_softmax(logits, n, tau, False, g)
+    if k >= logits.shape[-1]:
         return y
     keep = y >= y.topk(k, dim=-1).values[..., -1:]
     y = y * keep
