@@ -176,3 +176,43 @@ def test_apply_composes_several_edits(tmp_path, capsys, mini_pipe):
     report = json.loads((out / "compose.json").read_text())
     assert report["model_fingerprint"] == fingerprint(mini_pipe) and set(report["esr"]) == {"circle", "red"}
     assert (out / "grid.png").exists() and "![grid](grid.png)" in (out / "compose.md").read_text()
+
+
+def test_cached_base_images_are_the_fresh_ones_bit_for_bit(tiny_pipe, tmp_path):
+    from unsee.metrics.judged import cached_prompt_images, prompt_images
+
+    kw = dict(n=2, steps=2, guidance_scale=2.0)
+    fresh = prompt_images(tiny_pipe, ["a red circle", "a blue star"], seeds=[3, 4], **kw)
+    first = cached_prompt_images(tiny_pipe, ["a red circle", "a blue star"], tmp_path, seeds=[3, 4], **kw)
+    assert len(list((tmp_path / "images").iterdir())) == 2
+    # read back in another order, beside a new prompt: the kept images come back, the new one is drawn
+    again = cached_prompt_images(tiny_pipe, ["a green cross", "a blue star", "a red circle"], tmp_path, seeds=[5, 4, 3], **kw)
+    assert len(list((tmp_path / "images").iterdir())) == 3
+    for x, y in zip(fresh, first):
+        assert torch.equal(x, y)
+    assert torch.equal(again[1], fresh[1]) and torch.equal(again[2], fresh[0])
+    # another seed or another model misses the cache
+    other = cached_prompt_images(tiny_pipe, ["a red circle"], tmp_path, seeds=[9], **kw)
+    assert not torch.equal(other[0], fresh[0])
+    edit = make_edit(tiny_pipe, [K, V], 1, "red")
+    with edit.applied(tiny_pipe):
+        edited = cached_prompt_images(tiny_pipe, ["a red circle"], tmp_path, seeds=[3], **kw)
+        assert torch.equal(edited[0], prompt_images(tiny_pipe, ["a red circle"], seeds=[3], **kw)[0])
+    assert not torch.equal(edited[0], fresh[0])
+    with pytest.raises(ValueError, match="`seeds` has 1 seeds for 2 prompts"):
+        cached_prompt_images(tiny_pipe, ["a", "b"], tmp_path, seeds=[1], **kw)
+
+
+def test_interference_report_with_a_cache_is_the_same_report(tiny_pipe, tmp_path):
+    from unsee.impact.interference import interference_report
+
+    judge = ClassifierJudge(lambda im: im.mean((2, 3)) * 10, ("red", "green", "blue"), name="colour")
+    a, b = make_edit(tiny_pipe, [K], 1, "red"), make_edit(tiny_pipe, [V], 2, "green")
+    prompts = {"a red circle": ("red",), "a green circle": ("green",), "a blue circle": ("blue",)}
+    kw = dict(n=2, steps=2, guidance_scale=2.0)
+    plain = interference_report(tiny_pipe, [a, b], judge, prompts, **kw)
+    cold = interference_report(tiny_pipe, [a, b], judge, prompts, cache_dir=tmp_path, **kw)
+    warm = interference_report(tiny_pipe, [a, b], judge, prompts, cache_dir=tmp_path, **kw)
+    assert plain.esr == cold.esr == warm.esr and plain.psr == cold.psr == warm.psr
+    assert plain.reads["base"].keys() == warm.reads["base"].keys()
+    assert all(plain.reads["base"][p].topk == warm.reads["base"][p].topk for p in prompts)

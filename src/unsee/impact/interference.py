@@ -32,7 +32,7 @@ from scipy.stats import spearmanr
 from unsee.concepts.vocab import Vocabulary
 from unsee.edits import Edit
 from unsee.judges import Judge, group_of, knows
-from unsee.metrics.judged import PromptResult, judge_prompts
+from unsee.metrics.judged import PromptResult, cached_prompt_images, judge_images, judge_prompts
 
 Models = dict[str, dict[str, PromptResult]]
 """Model (``"base"``, ``"composed"`` or a part's digest) -> prompt -> the judge's reads of its images."""
@@ -138,8 +138,9 @@ def interference_report(
     ``prompts``: prompt -> the judge's names of the concepts it asks for; every erased concept needs at least
     one prompt, and the prompts that ask for no erased concept are the preserved set. ``vocab`` (and
     ``draws``, default :func:`~unsee.impact.spectrum.make_draws` with 4 draws) adds the spectra; ``cache_dir``
-    keeps the base model's spectrum outputs. ``n`` images per prompt, prompt i seeded ``seed + i`` under every
-    model. ``pipe`` is left as it was.
+    keeps the base model's spectrum outputs and images (per prompt, see
+    :func:`~unsee.metrics.judged.cached_prompt_images`), which every later report on this model reuses. ``n``
+    images per prompt, prompt i seeded ``seed + i`` under every model. ``pipe`` is left as it was.
     """
     t0 = time.perf_counter()
     composed = Edit.compose(edits, pipe, force=force)
@@ -168,7 +169,11 @@ def interference_report(
     kw = dict(n=n, steps=steps, guidance_scale=guidance_scale, k=1, keep_images=keep_images, progress=progress)
 
     def read(edit: Edit | None, ps: Sequence[str]) -> dict[str, PromptResult]:
-        if edit is None:
+        if edit is None and cache_dir is not None:  # the base model's images serve every report on this model
+            ims = cached_prompt_images(pipe, ps, cache_dir, seeds=[seeds[p] for p in ps], n=n, steps=steps,
+                                       guidance_scale=guidance_scale, progress=progress)  # fmt: skip
+            res = judge_images(judge, ps, ims, k=1, keep_images=keep_images)
+        elif edit is None:
             res = judge_prompts(pipe, judge, ps, seeds=[seeds[p] for p in ps], **kw)
         else:
             with edit.applied(pipe, force=force):

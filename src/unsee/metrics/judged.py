@@ -9,15 +9,18 @@ silently: neither judge's read of it is to be trusted.
 
 from __future__ import annotations
 
+import hashlib
+import json
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import torch
 from diffusers import StableDiffusionPipeline
 from tqdm.auto import tqdm
 
 from unsee.judges import Judge, topk
-from unsee.models import sampling_defaults
+from unsee.models import fingerprint, sampling_defaults
 from unsee.sampling import Learned, check_sampling, ddim, decode, denoise, encode_prompts, latent_shape
 
 AGREEMENT_FLOOR = 0.8
@@ -98,6 +101,52 @@ def prompt_images(
     return [torch.stack(images[i]) for i in range(len(prompts))]
 
 
+def weights_key(pipe: StableDiffusionPipeline) -> str:
+    """A hash of every weight that shapes a generated image: :func:`unsee.models.fingerprint` (UNet and text
+    encoder) and the VAE's, which the fingerprint leaves out because no edit touches it."""
+    h = hashlib.sha256(fingerprint(pipe).encode())
+    for name, t in sorted(pipe.vae.state_dict().items()):
+        h.update(f"{name}:{tuple(t.shape)}".encode())
+        h.update(t.detach().to("cpu", torch.float16).contiguous().numpy().tobytes())
+    return h.hexdigest()[:16]
+
+
+def cached_prompt_images(
+    pipe: StableDiffusionPipeline,
+    prompts: Sequence[str],
+    cache_dir: str | Path,
+    *,
+    seeds: Sequence[int],
+    n: int = 8,
+    steps: int | None = None,
+    guidance_scale: float | None = None,
+    batch_size: int = 64,
+    progress: bool = False,
+) -> list[torch.Tensor]:
+    """:func:`prompt_images`, each prompt's images kept in ``cache_dir``. A prompt's images depend only on the
+    weights (:func:`weights_key`), the prompt, its seed, ``n``, ``steps`` and ``guidance_scale``, so that is the
+    key: a later call with other prompts beside it, or in another order, reads them back bit for bit."""
+    d = sampling_defaults(pipe)
+    steps = d.steps if steps is None else steps
+    guidance_scale = d.guidance_scale if guidance_scale is None else guidance_scale
+    if len(seeds) != len(prompts):
+        raise ValueError(f"`seeds` has {len(seeds)} seeds for {len(prompts)} prompts; pass one per prompt")
+    model = weights_key(pipe)
+    folder = Path(cache_dir) / "images"
+    paths = [folder / (hashlib.sha256(json.dumps([model, p, int(s), n, steps, float(guidance_scale)]).encode())
+                       .hexdigest()[:24] + ".pt") for p, s in zip(prompts, seeds)]  # fmt: skip
+    todo = [i for i, f in enumerate(paths) if not f.exists()]
+    if todo:
+        fresh = prompt_images(pipe, [prompts[i] for i in todo], seeds=[seeds[i] for i in todo], n=n, steps=steps,
+                              guidance_scale=guidance_scale, batch_size=batch_size, progress=progress)  # fmt: skip
+        folder.mkdir(parents=True, exist_ok=True)
+        for i, ims in zip(todo, fresh):
+            tmp = paths[i].with_suffix(".tmp")
+            torch.save(ims.contiguous(), tmp)
+            tmp.replace(paths[i])  # a reader never sees half a file
+    return [torch.load(f, weights_only=True) for f in paths]
+
+
 @torch.no_grad()
 def judge_prompts(
     pipe: StableDiffusionPipeline,
@@ -122,6 +171,14 @@ def judge_prompts(
         same_groups(judge, check)
     images = prompt_images(pipe, prompts, n=n, seed=seed, steps=steps, guidance_scale=guidance_scale,
                            batch_size=batch_size, progress=progress, learned=learned, seeds=seeds)  # fmt: skip
+    return judge_images(judge, prompts, images, k=k, keep_images=keep_images, check=check)
+
+
+def judge_images(judge: Judge, prompts: Sequence[str], images: Sequence[torch.Tensor], *, k: int = 3,
+                 keep_images: bool = False, check: Judge | None = None) -> list[PromptResult]:  # fmt: skip
+    """Read each prompt's images (``images[i]`` for ``prompts[i]``) with ``judge`` (top-``k``) and ``check`` (top-1)."""
+    if len(images) != len(prompts):
+        raise ValueError(f"`images` has {len(images)} entries for {len(prompts)} prompts; pass one batch per prompt")
     return [PromptResult(p, topk(judge, ims, k), ims if keep_images else None,
                          topk(check, ims, 1) if check is not None else None)
             for p, ims in zip(prompts, images)]  # fmt: skip
