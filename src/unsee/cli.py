@@ -697,6 +697,56 @@ def _add_compose_report(sub: argparse._SubParsersAction) -> None:
     cr.set_defaults(func=_compose_report)
 
 
+def _alpha(args: argparse.Namespace) -> None:
+    import json
+
+    from unsee.impact.alpha import AlphaConfig
+    from unsee.models import fingerprint, load_pipeline
+
+    if args.model != "mini":
+        raise ValueError("alpha judges which concept appears with the mini world's oracle, so it runs on --model mini; "
+                         "on other models call unsee.impact.alpha.dominance() from Python with any unsee.judges.Judge "
+                         "and your templates")  # fmt: skip
+    from unsee.world.alpha import by_group, world_dominance
+    from unsee.world.oracle import load_oracle
+
+    cfg = AlphaConfig(n=args.n, seed=args.seed, present=args.present)  # bad settings: one line, before loading
+    judge = load_oracle()
+    by_group(judge, args.concepts)
+    pipe = load_pipeline(args.model, device=args.device)
+    res = world_dominance(pipe, judge, args.concepts, cfg, predict=not args.no_predictors, cache_dir=args.cache,
+                          progress=True)  # fmt: skip
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    report = {"model": args.model, "model_fingerprint": fingerprint(pipe), "groups": {}}
+    for group, (d, preds, rho) in res.items():
+        d.heatmap(out / f"alpha_{group}.png", title=f"dominance of {group}s: D[a, b] = P(a only) - P(b only)")
+        d.grid(out / f"alpha_{group}_grid.png")
+        report["groups"][group] = d.to_dict() | {"predictors": preds, "spearman": rho}
+        top = sorted(d.alpha.items(), key=lambda x: -x[1])
+        print(f"{group}s, alpha (mean dominance): " + ", ".join(f"{c} {a:+.2f}" for c, a in top))
+        if rho:
+            print("  Spearman with alpha: " + ", ".join(f"{k} {v:+.2f}" for k, v in rho.items()))
+    (out / "alpha.json").write_text(json.dumps(report, indent=2))
+    print(f"wrote {out / 'alpha.json'} and, per group, alpha_<group>.png (heat map) and alpha_<group>_grid.png")
+
+
+def _add_alpha(sub: argparse._SubParsersAction) -> None:
+    al = sub.add_parser("alpha", help="which concepts take over composed prompts: the dominance matrix, alpha scores "
+                        "and what predicts them (JSON + heat maps + grids)")  # fmt: skip
+    al.add_argument("--model", default="mini")
+    al.add_argument("--concepts", nargs="+", required=True, help="objects and/or colours (each group is measured apart)")
+    al.add_argument("--out", required=True, help="folder (alpha.json, alpha_<group>.png, alpha_<group>_grid.png)")
+    al.add_argument("--n", type=int, default=2, help="images per prompt (4 templates x both orders per pair)")
+    al.add_argument("--present", type=float, default=0.3, help="the judge's probability at which a concept counts as drawn")
+    al.add_argument("--seed", type=int, default=0)
+    al.add_argument("--no-predictors", action="store_true", help="skip the base-model predictors of alpha")
+    al.add_argument("--cache", default=str(Path.home() / ".cache" / "unsee"),
+                    help="where every prompt's images are kept (a stopped run resumes)")  # fmt: skip
+    al.add_argument("--device", default="cpu")
+    al.set_defaults(func=_alpha)
+
+
 def _evaluate(args: argparse.Namespace) -> None:
     import json
 
@@ -903,6 +953,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_attack(sub)
     _add_apply(sub)
     _add_compose_report(sub)
+    _add_alpha(sub)
     _add_evaluate(sub)
     _add_spectrum(sub)
     mod = sub.add_parser("models", help="list the bundled models")
