@@ -337,13 +337,13 @@ def _add_erase(sub: argparse._SubParsersAction) -> None:
     er.set_defaults(func=_erase)
 
 
-def _model_images(pipe, folder: str, flag: str = "--images"):
+def _model_images(pipe, folder: str, flag: str = "--images", rgb_only: bool = False):
     """An image folder at the model's resolution; load_image_folder's errors name the flag."""
     from unsee.images import load_image_folder
 
     size = pipe.vae_scale_factor * pipe.unet.config.sample_size
     try:
-        return load_image_folder(folder, size)
+        return load_image_folder(folder, size, rgb_only=rgb_only)
     except ValueError as e:
         raise ValueError(f"{flag}: {e} (the model draws {size}x{size})") from e
 
@@ -747,6 +747,69 @@ def _add_alpha(sub: argparse._SubParsersAction) -> None:
     al.set_defaults(func=_alpha)
 
 
+def _budget(text: str) -> float:
+    """A budget given as a number or a fraction, "8/255"."""
+    try:
+        num, _, den = text.partition("/")
+        return float(num) / float(den) if den else float(num)
+    except (ValueError, ZeroDivisionError):
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number or a fraction like 8/255") from None
+
+
+def _protect(args: argparse.Namespace) -> None:
+    import json
+
+    import torch
+
+    from unsee.images import image_grid, save_images
+    from unsee.models import load_pipeline
+    from unsee.protect import ProtectConfig, protect
+
+    target = args.target
+    if args.mode == "targeted" and target is not None and args.model == "mini":
+        from unsee.concepts.prompts import with_article
+        from unsee.world.concepts import world_concept
+
+        target = with_article(world_concept(target).word)  # an unknown concept: one line naming the known ones
+    cfg = ProtectConfig(mode=args.mode, target=target, eps=args.eps, step_size=args.step_size, steps=args.steps,
+                        batch_size=args.batch_size)  # fmt: skip
+    pipe = load_pipeline(args.model, device=args.device)
+    images = _model_images(pipe, args.images, rgb_only=True)
+    result = protect(pipe, images, cfg, torch.Generator().manual_seed(args.seed), progress=True)
+    out = Path(args.out)
+    from unsee.images import IMAGE_SUFFIXES
+
+    names = sorted(p.stem for p in Path(args.images).expanduser().iterdir()
+                   if p.is_file() and not p.name.startswith(".") and p.suffix.lower() in IMAGE_SUFFIXES)  # fmt: skip
+    save_images(result.images, out / "images", names)
+    k = min(8, len(images))
+    diff = ((result.images[:k] - images[:k]) / (2 * max(args.eps, 1e-8)) + 0.5).clamp(0, 1)  # the perturbation, amplified
+    grid = image_grid(torch.cat([images[:k], result.images[:k], diff]), cols=k, cell=96,
+                      row_labels=["original", "protected", "delta (amplified)"])  # fmt: skip
+    grid.save(out / "grid.png")
+    (out / "protect.json").write_text(json.dumps(result.to_dict() | {"model": args.model, "images": args.images}, indent=2))
+    print(f"{len(images)} images protected ({args.mode}{f', towards {target!r}' if args.mode == 'targeted' else ''}, "
+          f"l_inf {result.linf * 255:.1f}/255) in {result.seconds:.0f} s: {out / 'images'}, {out / 'grid.png'}")  # fmt: skip
+
+
+def _add_protect(sub: argparse._SubParsersAction) -> None:
+    pr = sub.add_parser("protect", help="perturb images (l_inf-bounded) so that a personalisation trained on them learns "
+                        "a chosen concept instead of what they show (anti-personalisation)")  # fmt: skip
+    pr.add_argument("--model", default="mini")
+    pr.add_argument("--images", required=True, help="folder of RGB images at the model's size")
+    pr.add_argument("--out", required=True, help="folder (images/ with the same names, grid.png, protect.json)")
+    pr.add_argument("--mode", choices=("targeted", "untargeted", "noise"), default="targeted")
+    pr.add_argument("--target", default=None, help="the concept to learn instead (targeted; on the mini, a world concept, "
+                    "best an alpha one: see `unsee alpha`)")  # fmt: skip
+    pr.add_argument("--eps", type=_budget, default=8 / 255, help="l_inf budget in [0, 1] pixel units (default 8/255)")
+    pr.add_argument("--step-size", type=_budget, default=1 / 255, help="PGD step (default 1/255)")
+    pr.add_argument("--steps", type=int, default=100)
+    pr.add_argument("--batch-size", type=int, default=8)
+    pr.add_argument("--seed", type=int, default=0)
+    pr.add_argument("--device", default="cpu")
+    pr.set_defaults(func=_protect)
+
+
 def _evaluate(args: argparse.Namespace) -> None:
     import json
 
@@ -954,6 +1017,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_apply(sub)
     _add_compose_report(sub)
     _add_alpha(sub)
+    _add_protect(sub)
     _add_evaluate(sub)
     _add_spectrum(sub)
     mod = sub.add_parser("models", help="list the bundled models")

@@ -84,14 +84,15 @@ def save_images(images: torch.Tensor, folder: str | Path, names: Sequence[str]) 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp")
 
 
-def load_image_folder(folder: str | Path, size: int | tuple[int, int] | None = None) -> torch.Tensor:
+def load_image_folder(folder: str | Path, size: int | tuple[int, int] | None = None, *, rgb_only: bool = False) -> torch.Tensor:
     """The images in ``folder`` as ``(N, 3, H, W)`` float32 in [0, 1], in sorted file-name order.
 
     Reads the files ending in one of :data:`IMAGE_SUFFIXES` (any case) directly in ``folder``;
     subfolders, hidden files and other files (``concept.json``) are left out. RGBA, greyscale and
     palette images become RGB (alpha is dropped). ``size`` is the size every image must have: an
     int for square images, or ``(height, width)``; ``None`` takes the first image's, since one
-    tensor needs one size. Images are not resized: a wrong size is an error that says so.
+    tensor needs one size. Images are not resized: a wrong size is an error that says so. ``rgb_only``
+    refuses other modes instead of converting them (a protection must not drop an alpha channel unasked).
     Every problem is a one-line :class:`ValueError` naming the fix.
     """
     folder = Path(folder).expanduser()
@@ -110,9 +111,12 @@ def load_image_folder(folder: str | Path, size: int | tuple[int, int] | None = N
         try:
             with Image.open(path) as im:
                 im.load()
+                mode = im.mode
                 rgb = im.convert("RGB")
         except (OSError, ValueError, Image.DecompressionBombError) as e:
             raise ValueError(f"cannot read {path} as an image ({type(e).__name__}); remove it from {folder} or replace it") from e
+        if rgb_only and mode != "RGB":
+            raise ValueError(f"{path} is a {mode} image, not RGB; convert it to RGB first (PIL: Image.convert('RGB'))")
         hw = (rgb.height, rgb.width)
         if want is None:
             want = hw

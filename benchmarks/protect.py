@@ -1,0 +1,162 @@
+"""Anti-personalisation on the mini model (issue 27): protect an identity's images so personalisation learns another.
+
+The identity is a world object learned from 16 renders (default ``star``: the hidden frame is not learnable by
+textual inversion on this model, 18.8% with the token against 13.8% without, benchmarks/results/concepts.md, so a
+protection could not cut it by 50 points). Protections at the same budget (l_inf 8/255, 100 PGD steps): none,
+uniform noise, untargeted (ascend the denoising loss), targeted at a low-alpha object and targeted at the top-alpha
+object (alpha from benchmarks/results/alpha.json). Then two personalisations on each image set:
+
+- textual inversion of ``<id>`` (1 vector, 300 steps, lr 0.01, batch 8), judged on "a {colour} <id>" for the 8 colours;
+- a Custom-Diffusion fine-tune of the cross-attention keys and values on "a photo of sks" (200 steps, lr 1e-4),
+  judged on "a photo of sks";
+
+2 seeds per prompt (16 images per personalisation). Identity success: the share the oracle reads as the identity
+(top-1 object); target success: as the protection's target. Purifications an attacker tries first (a blur, a 2x
+downscale and upscale) are applied to the protected images before personalisation, for "none" and the top-alpha
+protection. Every condition is cached per model fingerprint. Writes benchmarks/results/protect.{json,md} and
+protect_grid.png.
+Usage: python benchmarks/protect.py [--identity star] [--quick]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import time
+from pathlib import Path
+
+import torch
+
+from _report import write_report
+from unsee.concepts.finetune import FinetuneConfig, finetune
+from unsee.concepts.inversion import InversionConfig, invert
+from unsee.images import image_grid
+from unsee.judges import topk
+from unsee.metrics.judged import prompt_images
+from unsee.models import fingerprint, load_pipeline
+from unsee.protect import PURIFICATIONS, ProtectConfig, protect
+from unsee.world import COLOUR_NAMES
+from unsee.world.concepts import concept_images
+from unsee.world.oracle import load_oracle
+
+RESULTS = Path(__file__).parent / "results"
+EPS = 8 / 255
+N_IMAGES = 16
+
+
+def alpha_targets(fp: str, identity: str) -> tuple[str, str]:
+    """The top- and lowest-alpha objects other than the identity, measured on this model."""
+    f = RESULTS / "alpha.json"
+    if not f.exists() or json.loads(f.read_text())["model_fingerprint"] != fp:
+        raise SystemExit("benchmarks/results/alpha.json is missing or for another model; run benchmarks/alpha.py first")
+    alpha = json.loads(f.read_text())["groups"]["object"]["alpha"]
+    ranked = sorted((a, c) for c, a in alpha.items() if c != identity)
+    return ranked[-1][1], ranked[0][1]
+
+
+def reads(oracle, images: torch.Tensor) -> list[str]:
+    return [r[0] for r in topk(oracle, images, 1)["object"]]
+
+
+def personalise(pipe, oracle, images: torch.Tensor, quick: bool) -> dict:
+    """Identity and target reads after textual inversion and after the fine-tune, on ``images``."""
+    out = {}
+    g = torch.Generator().manual_seed(0)
+    t0 = time.perf_counter()
+    ti = InversionConfig(token="<id>", steps=3 if quick else 300, lr=0.01, batch_size=8)
+    learned = invert(pipe, images, ti, g)
+    prompts = [f"a {c} <id>" for c in COLOUR_NAMES]
+    ims = torch.cat(prompt_images(pipe, prompts, n=2, seed=0, learned=learned.tokens))
+    out["inversion"] = {"reads": reads(oracle, ims), "seconds": time.perf_counter() - t0}
+    t0 = time.perf_counter()
+    ft = FinetuneConfig(prompt="a photo of sks", steps=3 if quick else 200, lr=1e-4, batch_size=4)
+    edit = finetune(pipe, images, ft, torch.Generator().manual_seed(0))
+    with edit.applied(pipe):
+        ims2 = torch.cat(prompt_images(pipe, ["a photo of sks"], n=16, seed=0))
+    out["finetune"] = {"reads": reads(oracle, ims2), "seconds": time.perf_counter() - t0}
+    out["examples"] = {"inversion": ims[::2][:8], "finetune": ims2[:8]}
+    return out
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--identity", default="star")
+    ap.add_argument("--quick", action="store_true", help="3 steps everywhere: checks the script, measures nothing")
+    ap.add_argument("--out", default=str(RESULTS / "protect"))
+    args = ap.parse_args()
+    torch.set_num_threads(int(os.environ.get("UNSEE_THREADS", "2")))
+    pipe, oracle = load_pipeline("mini"), load_oracle()
+    fp = fingerprint(pipe)
+    top, low = alpha_targets(fp, args.identity)
+    out = Path(args.out)
+    runs = out.with_name(out.name + "_runs") / fp / ("quick" if args.quick else "full")
+    runs.mkdir(parents=True, exist_ok=True)
+    clean = concept_images(args.identity, N_IMAGES, seed=0)
+    steps = 3 if args.quick else 100
+    protections = {
+        "none": None,
+        f"targeted ({top}, top alpha)": ProtectConfig(mode="targeted", target=f"a {top}", eps=EPS, steps=steps),
+        f"targeted ({low}, lowest alpha)": ProtectConfig(mode="targeted", target=f"a {low}", eps=EPS, steps=steps),
+        "untargeted": ProtectConfig(mode="untargeted", eps=EPS, steps=steps),
+        "noise": ProtectConfig(mode="noise", eps=EPS),
+    }
+    top_name = f"targeted ({top}, top alpha)"
+    conditions = [(p, "none") for p in protections] + [(p, f) for p in ("none", top_name) for f in ("blur", "resample")]
+    rows, grid_rows, grid_labels = [], [], []
+    for prot, purif in conditions:
+        key = f"{prot.split(' ')[0]}-{prot.split('(')[-1].split(',')[0] if '(' in prot else ''}-{purif}".replace("--", "-")
+        f = runs / f"{key}.json"
+        cfg = protections[prot]
+        if f.exists():
+            res = json.loads(f.read_text())
+        else:
+            t0 = time.perf_counter()
+            images = clean if cfg is None else protect(pipe, clean, cfg, torch.Generator().manual_seed(0)).images
+            linf = float((images - clean).abs().max())
+            protect_s = time.perf_counter() - t0
+            images = PURIFICATIONS[purif](images)
+            p = personalise(pipe, oracle, images, args.quick)
+            res = {"protection": prot, "purification": purif, "config": None if cfg is None else cfg.__dict__, "linf": linf,
+                   "protect_seconds": protect_s, "inversion": p["inversion"], "finetune": p["finetune"]}  # fmt: skip
+            f.write_text(json.dumps(res, indent=1))
+            torch.save({k: v.clone() for k, v in p["examples"].items()} | {"images": images[:8].clone()},
+                       runs / f"{key}_images.pt")  # fmt: skip
+        target = prot.split("(")[1].split(",")[0] if "(" in prot else None
+        row = {"protection": prot, "purification": purif, "linf": res["linf"]}
+        for how in ("inversion", "finetune"):
+            r = res[how]["reads"]
+            row[f"{how}_identity"] = r.count(args.identity) / len(r)
+            row[f"{how}_target"] = r.count(target) / len(r) if target else None
+        rows.append(row)
+        print(row, flush=True)
+        kept = runs / f"{key}_images.pt"
+        if kept.exists() and purif == "none":
+            ex = torch.load(kept, weights_only=True)
+            grid_rows += [ex["images"][:6], ex["inversion"][:6], ex["finetune"][:6]]
+            grid_labels += [f"{prot}: images", "  textual inversion draws", "  fine-tune draws"]
+    base = {r["protection"]: r for r in rows if r["purification"] == "none"}["none"]
+    for r in rows:
+        for how in ("inversion", "finetune"):
+            r[f"{how}_cut"] = base[f"{how}_identity"] - r[f"{how}_identity"]
+    grid = image_grid(torch.cat(grid_rows), cols=6, cell=64, row_labels=grid_labels)
+    grid.save(out.with_name("protect_grid.png"))
+    pct = lambda v: "–" if v is None else f"{100 * v:.1f}"  # noqa: E731
+    md = [f"# Anti-personalisation on the mini model{' (quick check)' if args.quick else ''}", "",
+          f"Model `mini`, fingerprint `{fp}`. Identity: `{args.identity}` ({N_IMAGES} renders); l_inf budget 8/255; "
+          f"targets from benchmarks/results/alpha.json (top alpha: {top}, lowest: {low}). Identity / target: the "
+          "share of the personalised model's 16 images the oracle reads as the identity / the target. Cut: identity "
+          "points lost against unprotected images.", "",
+          "| protection | purification | l_inf x255 | TI identity | TI target | TI cut | fine-tune identity | "
+          "fine-tune target | fine-tune cut |", "|---|---|---|---|---|---|---|---|---|"]  # fmt: skip
+    for r in rows:
+        md.append(f"| {r['protection']} | {r['purification']} | {255 * r['linf']:.1f} | {pct(r['inversion_identity'])} | "
+                  f"{pct(r['inversion_target'])} | {pct(r['inversion_cut'])} | {pct(r['finetune_identity'])} | "
+                  f"{pct(r['finetune_target'])} | {pct(r['finetune_cut'])} |")  # fmt: skip
+    md += ["", "![protected images and what the personalised models draw](protect_grid.png)", ""]
+    write_report(out, {"model": "mini", "model_fingerprint": fp, "identity": args.identity, "eps": EPS,
+                       "targets": {"top_alpha": top, "low_alpha": low}, "rows": rows}, "\n".join(md))  # fmt: skip
+
+
+if __name__ == "__main__":
+    main()
