@@ -636,6 +636,36 @@ def _add_apply(sub: argparse._SubParsersAction) -> None:
     ap.set_defaults(func=_apply)
 
 
+def _export(args: argparse.Namespace) -> None:
+    from unsee.edits import Edit
+    from unsee.export.lora import WEIGHTS_NAME, export_lora
+    from unsee.models import load_pipeline
+
+    edit = Edit.load(args.edit)
+    pipe = load_pipeline(args.model)
+    lora = export_lora(edit, pipe, rank=args.rank, allow_dropped=args.allow_dropped, force=args.force)
+    out = lora.save(args.out, info={"edit": args.edit, "model": args.model, "method": edit.method,
+                                    "concepts": list(edit.concepts)})  # fmt: skip
+    report = lora.report()
+    dropped = f"; left out {len(lora.dropped)} changed tensors a LoRA cannot carry" if lora.dropped else ""
+    print(f"LoRA of rank {lora.rank} on {report['layers']} layers written to {out / WEIGHTS_NAME} (relative error max "
+          f"{report['max_error']:.3g}, mean {report['mean_error']:.3g}{dropped}; see lora_report.json)")  # fmt: skip
+
+
+def _add_export(sub: argparse._SubParsersAction) -> None:
+    ex = sub.add_parser("export", help="export an edit as a LoRA that diffusers' pipe.load_lora_weights(DIR) loads "
+                        "(a full merged model: unsee apply)")  # fmt: skip
+    ex.add_argument("edit", help="edit folder")
+    ex.add_argument("--format", choices=["lora"], required=True, help="lora: each changed weight's delta by truncated SVD")
+    ex.add_argument("--rank", type=int, required=True, help="the LoRA's rank (every layer's; its alpha is the same)")
+    ex.add_argument("--out", required=True, help="folder for pytorch_lora_weights.safetensors and lora_report.json")
+    ex.add_argument("--model", default="mini", help="the model the edit was made on (the deltas are taken from it)")
+    ex.add_argument("--allow-dropped", action="store_true", help="export even if the edit changes tensors a LoRA cannot "
+                    "carry (biases, norms, embeddings): they are left out and listed in the report")  # fmt: skip
+    ex.add_argument("--force", action="store_true", help="export an edit made for another base model")
+    ex.set_defaults(func=_export)
+
+
 def _compose_report(args: argparse.Namespace) -> None:
     import json
 
@@ -1015,6 +1045,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_erase(sub)
     _add_attack(sub)
     _add_apply(sub)
+    _add_export(sub)
     _add_compose_report(sub)
     _add_alpha(sub)
     _add_protect(sub)

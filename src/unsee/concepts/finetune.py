@@ -74,7 +74,7 @@ def finetune(pipe: StableDiffusionPipeline, images: torch.Tensor, config: Finetu
         loss.backward()
         opt.step()
         if step % 10 == 0 or step == config.steps - 1:
-            log.append({"step": step, "loss": float(loss)})
+            log.append({"step": step, "loss": loss.item()})
     tensors = {f"unet.{n}": p.detach().float().cpu().clone() for n, p in params.items()}
     return Edit(method="finetune", config=asdict(config), concepts=(config.prompt,), base_fingerprint=fingerprint(pipe),
                 seed=seed, tensors=tensors, info={"seconds": time.perf_counter() - t0, "log": log})  # fmt: skip
