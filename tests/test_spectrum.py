@@ -71,3 +71,25 @@ def test_sharded_equals_single_process(tmp_path):
         assert res.returncode == 0, res.stderr[-2000:]
         outs[n] = torch.load(out)
     torch.testing.assert_close(outs[2], outs[1], rtol=1e-5, atol=1e-9)
+
+
+def test_spectrum_plot_labels_keep_clear_of_the_title_and_each_other():
+    from unsee.impact.spectrum import Spectrum, spectrum_figure
+
+    words = ["disk", "circle", "round", "oval", "ring", "hexagon", *[f"w{i}" for i in range(30)], "diamond", "spiky",
+             "arrow", "plus", "star", "cross", "''", "'a picture'", "'an image'", "'a photo'"]  # fmt: skip
+    scores = -torch.rand(len(words), generator=torch.Generator().manual_seed(0)) * 0.004
+    scores[:6] = torch.tensor([-0.026, -0.0258, -0.015, -0.009, -0.0085, -0.006])  # a steep head, a flat tail near 0
+    fig = spectrum_figure(Spectrum(tuple(words), scores, ("circle",), "esd"))
+    ax = fig.axes[0]
+    r = fig.canvas.get_renderer()
+    labels = [t for t in ax.texts if t.get_text()]
+    assert len(labels) >= 14  # 6 + 6 extremes (some of them neutral) and the 4 neutral prompts
+    from matplotlib.text import Text
+
+    boxes = [Text.get_window_extent(t, r) for t in labels]  # the text alone, not its line to the point
+    title = ax.title.get_window_extent(r)
+    for i, a in enumerate(boxes):
+        assert not a.overlaps(title), labels[i].get_text()
+        for j in range(i):
+            assert not a.overlaps(boxes[j]), (labels[i].get_text(), labels[j].get_text())

@@ -204,29 +204,47 @@ def spectrum_plain_loop(pipe: StableDiffusionPipeline, edit: Edit, words: Sequen
 def plot_spectrum(spec: Spectrum, out: str | Path, *, label_extremes: int = 6,
                   neutral: Sequence[str] = DEFAULT_NEUTRAL) -> Path:  # fmt: skip
     """Sorted scores, extremes labelled, neutral prompts marked."""
+    import matplotlib.pyplot as plt
+
+    fig = spectrum_figure(spec, label_extremes=label_extremes, neutral=neutral)
+    fig.savefig(out, dpi=120)
+    plt.close(fig)
+    return Path(out)
+
+
+def spectrum_figure(spec: Spectrum, *, label_extremes: int = 6, neutral: Sequence[str] = DEFAULT_NEUTRAL):
+    """The figure :func:`plot_spectrum` saves (tests check that its labels do not overlap)."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     order = spec.order()
-    fig, ax = plt.subplots(figsize=(10, 4))
+    fig, ax = plt.subplots(figsize=(10, 4.5))
     ax.plot(range(len(order)), [s for _, s in order], color="#345", lw=1.5)
+    # Labels sit in free rows and columns of the axes (below the flat part of the curve), joined to their
+    # points by thin lines, so they keep clear of the title, the curve and each other.
+    line = dict(arrowstyle="-", lw=0.5, alpha=0.6)
+    n_ex = min(label_extremes, len(order) // 2)
+    quoted = [repr(p) for p in neutral]
     marked = 0
     for i, (w, s) in enumerate(order):
-        extreme = i < label_extremes or i >= len(order) - label_extremes
-        if w in neutral or w in [repr(p) for p in neutral]:
+        if w in neutral or w in quoted:
             ax.scatter([i], [s], color="tab:orange", zorder=3)
-            ax.annotate(w if w.startswith("'") else repr(w), (i, s), textcoords="offset points",
-                        xytext=(0, 8 + 12 * (marked % 2)), ha="center", color="tab:orange")  # fmt: skip
+            row, col = divmod(marked, 4)
+            ax.annotate(w if w.startswith("'") else repr(w), (i, s), xytext=(0.32 + 0.13 * col, 0.30 - 0.09 * row),
+                        textcoords="axes fraction", color="tab:orange", ha="center",
+                        arrowprops=line | {"color": "tab:orange"})  # fmt: skip
             marked += 1
-        elif extreme:
-            ax.annotate(w, (i, s), textcoords="offset points", xytext=(0, -12 if i < label_extremes else 8),
-                        ha="center", fontsize=8, rotation=30)  # fmt: skip
+        elif i < n_ex:  # the most affected: a column left of the centre, bottom up
+            ax.annotate(w, (i, s), xytext=(0.12, 0.06 + 0.085 * i), textcoords="axes fraction", fontsize=8,
+                        arrowprops=line | {"color": "#345"})  # fmt: skip
+        elif i >= len(order) - n_ex:  # the least affected: a column at the right, top down
+            k = len(order) - 1 - i
+            ax.annotate(w, (i, s), xytext=(0.90, 0.62 - 0.085 * k), textcoords="axes fraction", fontsize=8,
+                        arrowprops=line | {"color": "#345"})  # fmt: skip
     ax.set_xlabel("concepts, most affected → least affected")
     ax.set_ylabel("−‖ε′(c, z_t) − ε(c, z_t)‖²")
-    ax.set_title(f"sensitivity spectrum: {spec.method} erasing {', '.join(spec.concepts) or 'nothing'}")
+    ax.set_title(f"sensitivity spectrum: {spec.method} erasing {', '.join(spec.concepts) or 'nothing'}", pad=10)
     fig.tight_layout()
-    fig.savefig(out, dpi=120)
-    plt.close(fig)
-    return Path(out)
+    return fig
