@@ -1,14 +1,17 @@
 """Anti-personalisation on the mini model (issue 27): protect an identity's images so personalisation learns another.
 
-The identity is a world object learned from 16 renders (default ``star``: the hidden frame is not learnable by
+The identity is a world object learned from 32 renders (default ``star``: the hidden frame is not learnable by
 textual inversion on this model, 18.8% with the token against 13.8% without, benchmarks/results/concepts.md, so a
 protection could not cut it by 50 points). Protections at the same budget (l_inf 8/255, 100 PGD steps): none,
 uniform noise, untargeted (ascend the denoising loss), targeted at a low-alpha object and targeted at the top-alpha
 object (alpha from benchmarks/results/alpha.json). Then two personalisations on each image set:
 
-- textual inversion of ``<id>`` (1 vector, 300 steps, lr 0.01, batch 8), judged on "a {colour} <id>" for the 8 colours;
-- a Custom-Diffusion fine-tune of the cross-attention keys and values on "a photo of sks" (200 steps, lr 1e-4),
-  judged on "a photo of sks";
+- textual inversion of ``<id>`` (1 vector, 400 steps, lr 0.005, batch 8: benchmarks/concepts.py's object settings),
+  judged on "a {colour} <id>" for the 8 colours;
+- a Custom-Diffusion fine-tune of the cross-attention keys and values on "{caption} sks" (200 steps, lr 1e-4),
+  judged on "a {colour} sks";
+
+each image captioned with what else it shows ("a red <id>"), as benchmarks/concepts.py trains its tokens;
 
 2 seeds per prompt (16 images per personalisation). Identity success: the share the oracle reads as the identity
 (top-1 object); target success: as the protection's target. Purifications an attacker tries first (a blur, a 2x
@@ -26,6 +29,7 @@ import os
 import time
 from pathlib import Path
 
+import numpy as np
 import torch
 
 from _report import write_report
@@ -37,12 +41,13 @@ from unsee.metrics.judged import prompt_images
 from unsee.models import fingerprint, load_pipeline
 from unsee.protect import PURIFICATIONS, ProtectConfig, protect
 from unsee.world import COLOUR_NAMES
-from unsee.world.concepts import concept_images
+from unsee.world.concepts import caption_without, concept_scenes
 from unsee.world.oracle import load_oracle
+from unsee.world.render import render
 
 RESULTS = Path(__file__).parent / "results"
 EPS = 8 / 255
-N_IMAGES = 16
+N_IMAGES = 32
 
 
 def alpha_targets(fp: str, identity: str) -> tuple[str, str]:
@@ -59,21 +64,21 @@ def reads(oracle, images: torch.Tensor) -> list[str]:
     return [r[0] for r in topk(oracle, images, 1)["object"]]
 
 
-def personalise(pipe, oracle, images: torch.Tensor, quick: bool) -> dict:
+def personalise(pipe, oracle, images: torch.Tensor, captions: list[str], quick: bool) -> dict:
     """Identity and target reads after textual inversion and after the fine-tune, on ``images``."""
     out = {}
     g = torch.Generator().manual_seed(0)
     t0 = time.perf_counter()
-    ti = InversionConfig(token="<id>", steps=3 if quick else 300, lr=0.01, batch_size=8)
-    learned = invert(pipe, images, ti, g)
+    ti = InversionConfig(token="<id>", steps=3 if quick else 400, lr=0.005, batch_size=8)
+    learned = invert(pipe, images, ti, g, captions=captions)
     prompts = [f"a {c} <id>" for c in COLOUR_NAMES]
     ims = torch.cat(prompt_images(pipe, prompts, n=2, seed=0, learned=learned.tokens))
     out["inversion"] = {"reads": reads(oracle, ims), "seconds": time.perf_counter() - t0}
     t0 = time.perf_counter()
-    ft = FinetuneConfig(prompt="a photo of sks", steps=3 if quick else 200, lr=1e-4, batch_size=4)
-    edit = finetune(pipe, images, ft, torch.Generator().manual_seed(0))
+    ft = FinetuneConfig(token="sks", steps=3 if quick else 200, lr=1e-4, batch_size=4)
+    edit = finetune(pipe, images, ft, torch.Generator().manual_seed(0), captions=captions)
     with edit.applied(pipe):
-        ims2 = torch.cat(prompt_images(pipe, ["a photo of sks"], n=16, seed=0))
+        ims2 = torch.cat(prompt_images(pipe, [f"a {c} sks" for c in COLOUR_NAMES], n=2, seed=0))
     out["finetune"] = {"reads": reads(oracle, ims2), "seconds": time.perf_counter() - t0}
     out["examples"] = {"inversion": ims[::2][:8], "finetune": ims2[:8]}
     return out
@@ -92,7 +97,9 @@ def main() -> None:
     out = Path(args.out)
     runs = out.with_name(out.name + "_runs") / fp / ("quick" if args.quick else "full")
     runs.mkdir(parents=True, exist_ok=True)
-    clean = concept_images(args.identity, N_IMAGES, seed=0)
+    scenes = concept_scenes(args.identity, N_IMAGES, np.random.default_rng(0))
+    clean = torch.from_numpy(np.stack([render(s) for s in scenes])).permute(0, 3, 1, 2).float().div(255.0)
+    captions = [caption_without(s, args.identity) for s in scenes]  # "a red": what else each image shows
     steps = 3 if args.quick else 100
     protections = {
         "none": None,
@@ -116,7 +123,7 @@ def main() -> None:
             linf = float((images - clean).abs().max())
             protect_s = time.perf_counter() - t0
             images = PURIFICATIONS[purif](images)
-            p = personalise(pipe, oracle, images, args.quick)
+            p = personalise(pipe, oracle, images, captions, args.quick)
             res = {"protection": prot, "purification": purif, "config": None if cfg is None else cfg.__dict__, "linf": linf,
                    "protect_seconds": protect_s, "inversion": p["inversion"], "finetune": p["finetune"]}  # fmt: skip
             f.write_text(json.dumps(res, indent=1))

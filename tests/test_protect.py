@@ -109,13 +109,11 @@ def test_bad_input_is_one_line(tiny_pipe):
 def test_finetune_returns_an_edit_of_the_cross_attention_kv(tiny_pipe):
     x = images_for(tiny_pipe, n=2)
     before = {k: v.clone() for k, v in tiny_pipe.unet.state_dict().items()}
-    e = finetune(tiny_pipe, x, FinetuneConfig(prompt="a sks", steps=3, lr=1e-3, batch_size=2), torch.Generator().manual_seed(0))
+    e = finetune(tiny_pipe, x, FinetuneConfig(token="sks", steps=3, lr=1e-3, batch_size=2), torch.Generator().manual_seed(0))
     assert e.tensors and all(".attn2.to_k." in k or ".attn2.to_v." in k for k in e.tensors)
     assert all(torch.equal(v, before[k]) for k, v in tiny_pipe.unet.state_dict().items())  # the pipe is left as it was
     assert any(not torch.equal(t, before[k.removeprefix("unet.")]) for k, t in e.tensors.items())
-    again = finetune(
-        tiny_pipe, x, FinetuneConfig(prompt="a sks", steps=3, lr=1e-3, batch_size=2), torch.Generator().manual_seed(0)
-    )
+    again = finetune(tiny_pipe, x, FinetuneConfig(token="sks", steps=3, lr=1e-3, batch_size=2), torch.Generator().manual_seed(0))
     assert e.digest == again.digest
 
 

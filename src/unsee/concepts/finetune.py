@@ -10,6 +10,7 @@ on clean and on protected images.
 from __future__ import annotations
 
 import time
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from typing import Literal
 
@@ -26,10 +27,12 @@ from unsee.sampling import encode_prompts
 
 @dataclass(frozen=True)
 class FinetuneConfig:
-    """``prompt``: the caption every image is trained with; ``params``: ``kv`` (cross-attention keys and values,
-    Custom Diffusion) or ``xattn`` (all of cross-attention)."""
+    """``token``: the identifier learned; each image is trained on ``template`` holding it ("a photo of sks"), or,
+    with ``captions``, on its caption followed by it ("a red sks"); ``params``: ``kv`` (cross-attention keys and
+    values, Custom Diffusion) or ``xattn`` (all of cross-attention)."""
 
-    prompt: str = "a photo of sks"
+    token: str = "sks"
+    template: str = "a photo of {}"
     steps: int = 200
     lr: float = 1e-4
     batch_size: int = 4
@@ -42,12 +45,16 @@ class FinetuneConfig:
             raise ValueError(f"`lr` must be positive (got {self.lr})")
         if self.params not in ("kv", "xattn"):
             raise ValueError(f"unknown `params` {self.params!r}; use kv or xattn")
+        if "{}" not in self.template:
+            raise ValueError(f"`template` ({self.template!r}) must hold {{}} where the token goes")
 
 
 def finetune(pipe: StableDiffusionPipeline, images: torch.Tensor, config: FinetuneConfig, generator: torch.Generator,
-             *, progress: bool = False) -> Edit:  # fmt: skip
-    """Fine-tune ``pipe``'s UNet on ``images`` ``(N, 3, H, W)`` in [0, 1] captioned ``config.prompt``; the weights
-    trained stay fp32 and ``pipe`` is left unchanged."""
+             *, captions: Sequence[str] | None = None, progress: bool = False) -> Edit:  # fmt: skip
+    """Fine-tune ``pipe``'s UNet on ``images`` ``(N, 3, H, W)`` in [0, 1], each captioned as ``config`` says (and
+    ``captions``, one per image, say what else it shows); the weights trained stay fp32, ``pipe`` is left unchanged."""
+    if captions is not None and len(captions) != len(images):
+        raise ValueError(f"`captions` must hold one caption per image: {len(captions)} for {len(images)} images")
     t0 = time.perf_counter()
     seed = generator.initial_seed()
     latents = encode_images(pipe, images)
@@ -60,13 +67,15 @@ def finetune(pipe: StableDiffusionPipeline, images: torch.Tensor, config: Finetu
         p.requires_grad_(False)
     opt = torch.optim.Adam(params.values(), lr=config.lr)
     sched = DDIMScheduler.from_config(pipe.scheduler.config)
+    texts = [config.template.format(config.token)] * len(images) if captions is None else \
+        [f"{c} {config.token}".strip() for c in captions]  # fmt: skip
     with torch.no_grad():
-        cond = encode_prompts(pipe, [config.prompt])
+        conds = encode_prompts(pipe, texts)
     unet = TrainedUNet(pipe.unet, params)
     log = []
     for step in tqdm(range(config.steps), desc="fine-tuning", disable=not progress):
-        x_t, t, target = noisy_batch(sched, latents, config.batch_size, generator)
-        pred = unet(x_t.to(pipe.unet.device, pipe.unet.dtype), t.to(pipe.unet.device), cond.expand(len(x_t), -1, -1))
+        x_t, t, target, idx = noisy_batch(sched, latents, config.batch_size, generator, return_index=True)
+        pred = unet(x_t.to(pipe.unet.device, pipe.unet.dtype), t.to(pipe.unet.device), conds[idx])
         loss = torch.nn.functional.mse_loss(pred.sample.float(), target.to(pred.sample.device).float())
         if not torch.isfinite(loss):
             raise FloatingPointError(f"fine-tuning loss is {loss.item()} at step {step}; lower `lr` (now {config.lr})")
@@ -76,5 +85,5 @@ def finetune(pipe: StableDiffusionPipeline, images: torch.Tensor, config: Finetu
         if step % 10 == 0 or step == config.steps - 1:
             log.append({"step": step, "loss": loss.item()})
     tensors = {f"unet.{n}": p.detach().float().cpu().clone() for n, p in params.items()}
-    return Edit(method="finetune", config=asdict(config), concepts=(config.prompt,), base_fingerprint=fingerprint(pipe),
+    return Edit(method="finetune", config=asdict(config), concepts=(config.token,), base_fingerprint=fingerprint(pipe),
                 seed=seed, tensors=tensors, info={"seconds": time.perf_counter() - t0, "log": log})  # fmt: skip
