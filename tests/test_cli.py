@@ -354,3 +354,25 @@ def test_robust_erase_then_evaluate_under_attack(tmp_path, capsys, quick_preview
                  "--out", str(tmp_path / "y")]) == 2  # fmt: skip
     err = capsys.readouterr().err.strip()
     assert "--images: no folder" in err and "\n" not in err
+
+
+@pytest.mark.parametrize(
+    "argv, func, says",
+    [
+        (["erase", "--concept", "circle", "--out", "E"], "_erase",
+         "the last checkpoint is E/checkpoint.pt (written every 50 steps): run the same command with --resume"),
+        (["alpha", "--concepts", "circle", "square", "--out", "A"], "_alpha",
+         "kept on disk: every prompt's images; run the same command again"),
+        (["models"], "_models", "it keeps nothing part-done"),
+    ],
+)  # fmt: skip
+def test_ctrl_c_prints_one_line_saying_how_to_go_on(monkeypatch, capsys, argv, func, says):
+    import unsee.cli as cli
+
+    def stop(args):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(cli, func, stop)
+    assert cli.main(argv) == 130
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and err.startswith("unsee: stopped by Ctrl-C during") and says in err

@@ -1121,7 +1121,32 @@ def main(argv: list[str] | None = None) -> int:
             flags = set(_command_parser(parser, args)._option_string_actions)
             print(f"unsee: error: {cli_message(str(e), flags)}", file=sys.stderr)
             return 2
+        except KeyboardInterrupt:
+            print(f"unsee: {interrupted_message(parser, args)}", file=sys.stderr)
+            return 130
     return 0
+
+
+# Commands that keep what they finished (per prompt, per concept or per attack) and pick it up when run again.
+CACHED_COMMANDS = {"evaluate": "each finished attack", "alpha": "every prompt's images",
+                   "compose-report": "the base model's images and spectrum", "spectrum": "the base model's outputs"}  # fmt: skip
+
+
+def interrupted_message(parser: argparse.ArgumentParser, args: argparse.Namespace) -> str:
+    """One line on Ctrl-C: where the command stopped and how to go on from there."""
+    sub = _command_parser(parser, args)
+    name = " ".join(n for n in (getattr(args, "cmd", None), getattr(args, "world_cmd", None)) if n)
+    if "--resume" in sub._option_string_actions:
+        out = getattr(args, "out", None)
+        where = f"{out}/checkpoint.pt" if out else "the output folder's checkpoint.pt"
+        every = getattr(args, "checkpoint_every", None)
+        each = f" (written every {every} steps)" if every else ""
+        return (f"stopped by Ctrl-C during `unsee {name}`; the last checkpoint is {where}{each}: run the same "
+                "command with --resume to go on from it")  # fmt: skip
+    if name in CACHED_COMMANDS:
+        return (f"stopped by Ctrl-C during `unsee {name}`; kept on disk: {CACHED_COMMANDS[name]}; run the same "
+                "command again to go on from there")  # fmt: skip
+    return f"stopped by Ctrl-C during `unsee {name}`; it keeps nothing part-done: run the same command again"
 
 
 if __name__ == "__main__":
