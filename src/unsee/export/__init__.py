@@ -1,0 +1,1 @@
+"""Exporting an edit in other tools' formats, one module per format (:mod:`unsee.export.lora`)."""
