@@ -376,3 +376,44 @@ def test_ctrl_c_prints_one_line_saying_how_to_go_on(monkeypatch, capsys, argv, f
     assert cli.main(argv) == 130
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and err.startswith("unsee: stopped by Ctrl-C during") and says in err
+
+
+def test_an_edit_knows_its_model_and_the_cli_loads_it(tmp_path, capsys, tiny_pipe):
+    import shutil
+
+    import torch
+
+    from unsee.edits import Edit
+    from unsee.methods import erase, make_config
+    from unsee.models import load_pipeline
+
+    folder = tmp_path / "model"
+    tiny_pipe.save_pretrained(folder)
+    pipe = load_pipeline(folder)
+    cfg = make_config("esd", iterations=1, batch_size=1, ddim_steps=2)
+    edit = erase(pipe, ["circle"], cfg, torch.Generator().manual_seed(0))
+    assert edit.base_model == str(folder.resolve())
+    edit.save(tmp_path / "edit")
+    assert Edit.load(tmp_path / "edit").base_model == str(folder.resolve())
+    # no --model: generate loads the folder the edit was made on (the mini would refuse the edit's fingerprint)
+    out = tmp_path / "g.png"
+    assert main(["generate", "--edit", str(tmp_path / "edit"), "--prompt", "a circle", "--n", "1", "--steps", "1",
+                 "--out", str(out)]) == 0  # fmt: skip
+    assert out.exists()
+    shutil.rmtree(folder)
+    capsys.readouterr()
+    assert main(["generate", "--edit", str(tmp_path / "edit"), "--prompt", "a circle", "--n", "1", "--out", str(out)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "which is not on this machine; pass --model" in err and len(err.splitlines()) == 1
+
+
+def test_the_mini_is_an_edits_model_by_name_and_compositions_keep_it(mini_pipe):
+    import torch
+
+    from unsee.edits import Edit
+    from unsee.methods import erase, make_config
+
+    cfg = make_config("uce")
+    a = erase(mini_pipe, ["circle"], cfg, torch.Generator().manual_seed(0))
+    b = erase(mini_pipe, ["red"], cfg, torch.Generator().manual_seed(0))
+    assert a.base_model == "mini" and Edit.compose([a, b], mini_pipe).base_model == "mini"

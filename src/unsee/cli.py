@@ -163,7 +163,27 @@ def _add_world(sub: argparse._SubParsersAction) -> None:
     jud.set_defaults(func=_world_train_judge)
 
 
+def _edit_model(args: argparse.Namespace, folders: list[str]) -> None:
+    """Set ``args.model`` when --model is not given: the model the (first) edit records it was made on, else mini."""
+    if args.model is not None:
+        return
+    import json
+
+    from unsee.models import BUNDLED
+
+    recorded = None
+    for f in folders:
+        meta = Path(f).expanduser() / "edit.json"
+        if meta.exists() and (recorded := json.loads(meta.read_text()).get("base_model")):
+            break
+    if recorded and recorded not in BUNDLED and Path(recorded).is_absolute() and not Path(recorded).exists():
+        raise ValueError(f"the edit was made on the model in {recorded}, which is not on this machine; pass --model with "
+                         "that model's folder or hub id")  # fmt: skip
+    args.model = recorded or "mini"
+
+
 def _generate(args: argparse.Namespace) -> None:
+    _edit_model(args, [args.edit] if args.edit else [])
     import torch
 
     from unsee.images import image_grid, save_images
@@ -449,6 +469,7 @@ def _add_invert(sub: argparse._SubParsersAction) -> None:
 
 
 def _attack(args: argparse.Namespace) -> None:
+    _edit_model(args, [args.edit])
     import json
 
     import torch
@@ -560,7 +581,7 @@ def _add_attack(sub: argparse._SubParsersAction) -> None:
 
     at = sub.add_parser("attack", help="attack an erased model to bring its concept back; writes attack.json (ASR) and "
                         "a grid of base, erased and attacked images")  # fmt: skip
-    at.add_argument("--model", default="mini")
+    at.add_argument("--model", default=None, help="mini, a folder or a hub id (default: the edit's own model, else mini)")
     at.add_argument("--edit", required=True, help="the erasure to attack (unsee erase --out)")
     at.add_argument("--method", default="inversion", choices=attacks())
     at.add_argument("--concept", required=True, help="the erased concept, as the world names it (circle, disk, red, ...)")
@@ -612,6 +633,7 @@ def compose_edits(folders: list[str], pipe, force: bool = False):
 
 
 def _apply(args: argparse.Namespace) -> None:
+    _edit_model(args, args.edit)
     from unsee.models import load_pipeline
 
     pipe = load_pipeline(args.model)
@@ -629,7 +651,7 @@ def _add_apply(sub: argparse._SubParsersAction) -> None:
                         "write a diffusers folder")  # fmt: skip
     ap.add_argument("edit", nargs="+", help="edit folders; several are composed: each one's change to the base model is "
                     "added, and a tensor two edits change gets the sum of both changes (a warning names them)")  # fmt: skip
-    ap.add_argument("--model", default="mini")
+    ap.add_argument("--model", default=None, help="mini, a folder or a hub id (default: the edit's own model, else mini)")
     ap.add_argument("--out", required=True)
     ap.add_argument("--save-edit", default=None, metavar="DIR", help="also save the (composed) edit as an edit folder")
     ap.add_argument("--force", action="store_true", help="apply edits made for another base model")
@@ -841,6 +863,7 @@ def _add_protect(sub: argparse._SubParsersAction) -> None:
 
 
 def _evaluate(args: argparse.Namespace) -> None:
+    _edit_model(args, [args.edit] if args.edit else [])
     import json
 
     from unsee.edits import Edit
@@ -938,7 +961,7 @@ def _evaluate(args: argparse.Namespace) -> None:
 
 def _add_evaluate(sub: argparse._SubParsersAction) -> None:
     ev = sub.add_parser("evaluate", help="oracle-judged erasure metrics on the mini world, with a 2nd judge (JSON + Markdown)")
-    ev.add_argument("--model", default="mini")
+    ev.add_argument("--model", default=None, help="mini, a folder or a hub id (default: the edit's own model, else mini)")
     ev.add_argument("--edit", default=None)
     ev.add_argument("--protocol", choices=["objects", "style"], default="objects")
     ev.add_argument("--concept", action="append", default=None, help="erased concepts (default: the edit's)")
@@ -959,6 +982,7 @@ def _add_evaluate(sub: argparse._SubParsersAction) -> None:
 
 
 def _spectrum(args: argparse.Namespace) -> None:
+    _edit_model(args, [args.edit] if args.edit else [])
     import json
 
     from unsee.concepts.prompts import DEFAULT_NEUTRAL
@@ -1000,7 +1024,7 @@ def _spectrum(args: argparse.Namespace) -> None:
 
 def _add_spectrum(sub: argparse._SubParsersAction) -> None:
     sp = sub.add_parser("spectrum", help="the sensitivity spectrum of an edit over a vocabulary (JSON + plots)")
-    sp.add_argument("--model", default="mini")
+    sp.add_argument("--model", default=None, help="mini, a folder or a hub id (default: the edit's own model, else mini)")
     sp.add_argument("--edit", default=None, help="edit folder (default: the identity edit)")
     sp.add_argument("--words", nargs="*", default=None, help="vocabulary (default: the tokenizer's words)")
     sp.add_argument("--template", default="a {}", help='how a word becomes a prompt ("a {}" picks a/an)')
@@ -1029,7 +1053,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"unsee {__version__}")
     sub = parser.add_subparsers(dest="cmd", required=True)
     gen = sub.add_parser("generate", help="generate a labelled image grid")
-    gen.add_argument("--model", default="mini", help="mini, a diffusers folder, or a hub id")
+    gen.add_argument("--model", default=None, help="mini, a folder or a hub id (default: the edit's own model, else mini)")
     gen.add_argument("--prompt", action="append", required=True, help="repeat for several prompts")
     gen.add_argument("--n", type=int, default=8, help="images per prompt")
     gen.add_argument("--seed", type=int, default=0)

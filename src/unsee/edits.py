@@ -54,6 +54,8 @@ class Edit:
     tensors: dict[str, torch.Tensor] = field(repr=False)
     info: dict[str, Any] = field(default_factory=dict)
     unsee_version: str = __version__
+    base_model: str | None = None
+    """Where the base model loads from (``"mini"``, a folder, a hub id), beside its fingerprint; None: unknown."""
 
     @property
     def digest(self) -> str:
@@ -137,6 +139,7 @@ class Edit:
             seed=None,
             tensors=tensors,
             info={"shared": shared},
+            base_model=next(iter({e.base_model for e in parts})) if len({e.base_model for e in parts}) == 1 else None,
         )
 
     # -- files ---------------------------------------------------------------------------
@@ -149,6 +152,7 @@ class Edit:
             "config": self.config,
             "concepts": list(self.concepts),
             "base_fingerprint": self.base_fingerprint,
+            "base_model": self.base_model,
             "seed": self.seed,
             "unsee_version": self.unsee_version,
             "num_changed": self.num_changed,
@@ -172,6 +176,7 @@ class Edit:
             tensors=load_file(folder / "edit.safetensors"),
             info=meta.get("info", {}),
             unsee_version=meta.get("unsee_version", "?"),
+            base_model=meta.get("base_model"),
         )
 
     # -- pipelines -----------------------------------------------------------------------

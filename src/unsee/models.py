@@ -89,6 +89,21 @@ def load_pipeline(
     return pipe.to(device)
 
 
+def model_source(pipe: StableDiffusionPipeline) -> str | None:
+    """What :func:`load_pipeline` would take to load ``pipe`` again: a bundled name ("mini"), the folder it came
+    from, or its hub id; None for a pipeline built in code."""
+    where = getattr(pipe, "name_or_path", None) or ""
+    if not where:
+        return None
+    path = Path(where).expanduser()
+    if path.exists():
+        for name, bundled in BUNDLED.items():
+            if path.resolve() == bundled.resolve():
+                return name
+        return str(path.resolve())
+    return str(where)
+
+
 def sampling_defaults(model: str | os.PathLike | StableDiffusionPipeline = "mini") -> SamplingDefaults:
     """Steps and guidance a model is meant to sample with (``unsee.json`` in its folder, else SD's 50 / 7.5).
 

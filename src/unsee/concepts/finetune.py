@@ -21,7 +21,7 @@ from tqdm.auto import tqdm
 from unsee.concepts.inversion import encode_images, noisy_batch
 from unsee.edits import Edit
 from unsee.methods.base import TrainedUNet, select_params
-from unsee.models import fingerprint
+from unsee.models import fingerprint, model_source
 from unsee.sampling import encode_prompts
 
 
@@ -86,4 +86,5 @@ def finetune(pipe: StableDiffusionPipeline, images: torch.Tensor, config: Finetu
             log.append({"step": step, "loss": loss.item()})
     tensors = {f"unet.{n}": p.detach().float().cpu().clone() for n, p in params.items()}
     return Edit(method="finetune", config=asdict(config), concepts=(config.token,), base_fingerprint=fingerprint(pipe),
-                seed=seed, tensors=tensors, info={"seconds": time.perf_counter() - t0, "log": log})  # fmt: skip
+                seed=seed, tensors=tensors, info={"seconds": time.perf_counter() - t0, "log": log},
+                base_model=model_source(pipe))  # fmt: skip

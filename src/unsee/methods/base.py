@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any, ClassVar, Literal
 
@@ -23,7 +23,7 @@ from tqdm.auto import tqdm
 from unsee.checkpoints import save_atomic
 from unsee.concepts.learned import Concept, LearnedConcept, check_learned, concept_name, learned_tokens
 from unsee.edits import Edit
-from unsee.models import fingerprint
+from unsee.models import fingerprint, model_source
 from unsee.registry import Registry
 from unsee.sampling import encode_prompts, sample_until
 
@@ -141,9 +141,10 @@ def erase(
     if images is not None and not cfg.uses_images:
         raise ValueError(f"the {cfg.name} method does not learn from images; drop `images` (the robust method uses them)")
     fn = _REGISTRY.function(cfg.name)
-    return fn(pipe, [concept_name(c) for c in concepts], cfg,
+    edit = fn(pipe, [concept_name(c) for c in concepts], cfg,
               generator if generator is not None else torch.Generator().manual_seed(0), run=run or Run(progress=False),
               learned=learned_tokens(extra), **kw)  # fmt: skip
+    return replace(edit, base_model=model_source(pipe))  # the edit knows where its model loads from
 
 
 def check_images(images: torch.Tensor | Sequence[torch.Tensor] | None, n_concepts: int,
