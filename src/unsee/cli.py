@@ -659,6 +659,7 @@ def _add_apply(sub: argparse._SubParsersAction) -> None:
 
 
 def _export(args: argparse.Namespace) -> None:
+    _edit_model(args, [args.edit])
     from unsee.edits import Edit
     from unsee.export.lora import WEIGHTS_NAME, export_lora
     from unsee.models import load_pipeline
@@ -681,7 +682,8 @@ def _add_export(sub: argparse._SubParsersAction) -> None:
     ex.add_argument("--format", choices=["lora"], required=True, help="lora: each changed weight's delta by truncated SVD")
     ex.add_argument("--rank", type=int, required=True, help="the LoRA's rank (every layer's; its alpha is the same)")
     ex.add_argument("--out", required=True, help="folder for pytorch_lora_weights.safetensors and lora_report.json")
-    ex.add_argument("--model", default="mini", help="the model the edit was made on (the deltas are taken from it)")
+    ex.add_argument("--model", default=None, help="the model the edit was made on, whose weights the deltas are taken "
+                    "from (default: the one the edit records, else mini)")  # fmt: skip
     ex.add_argument("--allow-dropped", action="store_true", help="export even if the edit changes tensors a LoRA cannot "
                     "carry (biases, norms, embeddings): they are left out and listed in the report")  # fmt: skip
     ex.add_argument("--force", action="store_true", help="export an edit made for another base model")
