@@ -80,7 +80,7 @@ def token_search(pipe: StableDiffusionPipeline, edit: Edit, target: Target, cfg:
     if run.resume:
         if ck is None or not ck.exists():
             raise FileNotFoundError(f"no checkpoint at {ck}; start without `resume=True`")
-        state = torch.load(ck, map_location="cpu", weights_only=False)
+        state = torch.load(ck, map_location="cpu", weights_only=True)
         if state["meta"] != meta:
             raise ValueError(f"checkpoint {ck} is for another token search (settings, edit or concept); use a new `run.dir`")
         with torch.no_grad():

@@ -160,7 +160,7 @@ def invert(
     if run.resume:
         if ck_path is None or not ck_path.exists():
             raise FileNotFoundError(f"no checkpoint at {ck_path}; start without `resume=True`")
-        ck = torch.load(ck_path, map_location="cpu", weights_only=False)
+        ck = torch.load(ck_path, map_location="cpu", weights_only=True)
         same = {k: v for k, v in ck["config"].items() if k != "steps"} == {k: v for k, v in cfg.to_dict().items() if k != "steps"}
         if not same or ck["base_fingerprint"] != base_fp or ck["edit"] != _edit_meta(edit):  # steps may grow on resume
             raise ValueError(f"checkpoint {ck_path} is for another inversion (settings, model or edit); use a new `run.dir`")

@@ -305,7 +305,7 @@ class Trainer:
         path = None if self.run.dir is None else self.run.dir / "checkpoint.pt"
         if path is None or not path.exists():
             raise FileNotFoundError(f"no checkpoint at {path}; run without `resume=True` to start the erasure")
-        ck = torch.load(path, map_location="cpu", weights_only=False)
+        ck = torch.load(path, map_location="cpu", weights_only=True)
 
         def comparable(c: dict) -> dict:  # JSON turns tuples into lists; iterations may grow on resume
             return {k: v for k, v in json.loads(json.dumps(c)).items() if k != "iterations"}

@@ -113,7 +113,7 @@ def train_mini(
     if resume:
         if not ckpt_path.exists():
             raise FileNotFoundError(f"no checkpoint at {ckpt_path}; run without `resume=True` to start training")
-        ck = torch.load(ckpt_path, map_location="cpu", weights_only=False)
+        ck = torch.load(ckpt_path, map_location="cpu", weights_only=True)
         # A setting added after the checkpoint was made counts at the value that means "as before it existed".
         if _result_config(asdict(MiniConfig()) | _BEFORE_IT_EXISTED | ck["config"]) != _result_config(asdict(cfg)):
             raise ValueError(f"checkpoint {ckpt_path} was made with another config; use the same settings or a new `out`")
