@@ -166,3 +166,32 @@ def test_cli_protect_refuses_images_of_the_wrong_size(tmp_path, capsys):
     assert main(["protect", "--images", str(src), "--out", str(tmp_path / "o"), "--target", "circle"]) == 2
     err = capsys.readouterr().err.strip()
     assert "resize the images" in err and len(err.splitlines()) == 1
+
+
+def test_inversion_on_protected_images_draws_the_identity_less_often(mini_pipe):
+    """The guarantee, on a small budget: a token learned from protected pictures of a star draws stars less often
+    than one learned from the clean pictures, as the oracle reads them."""
+    from unsee.concepts.inversion import InversionConfig, invert
+    from unsee.judges import detects
+    from unsee.metrics.judged import prompt_images
+    from unsee.world import COLOUR_NAMES
+    from unsee.world.concepts import caption_without, concept_scenes
+    from unsee.world.oracle import load_oracle
+    from unsee.world.render import render
+
+    scenes = concept_scenes("star", 12, np.random.default_rng(0))
+    x = torch.from_numpy(np.stack([render(s) for s in scenes])).permute(0, 3, 1, 2).float().div(255.0)
+    captions = [caption_without(s, "star") for s in scenes]
+    cfg = ProtectConfig(mode="targeted", target="a circle", steps=60, batch_size=8)
+    protected = protect(mini_pipe, x, cfg, torch.Generator().manual_seed(0)).images
+    oracle = load_oracle()
+
+    def stars(images: torch.Tensor) -> float:
+        inv = InversionConfig(token="<id>", steps=200, lr=0.01, batch_size=8)
+        learned = invert(mini_pipe, images, inv, torch.Generator().manual_seed(0), captions=captions)
+        ims = torch.cat(prompt_images(mini_pipe, [f"a {c} <id>" for c in COLOUR_NAMES], n=2, seed=0, learned=learned.tokens))
+        return float(detects(oracle, ims, "star").float().mean())
+
+    clean, guarded = stars(x), stars(protected)
+    assert clean >= 0.4, f"the clean token should learn the star ({clean:.2f}): the test no longer tests protection"
+    assert guarded < clean - 0.15, (clean, guarded)
