@@ -953,6 +953,10 @@ def _evaluate(args: argparse.Namespace) -> None:
                         f"{FLAG} = below {AGREEMENT_FLOOR:.0%}, where neither judge's read is to be trusted"
                         + (f" (flagged: {', '.join(flags)}; the scores above include them)." if flags else "."))  # fmt: skip
         md_lines.append("")
+    from unsee.distributed import is_main_process
+
+    if not is_main_process():  # under accelerate every process holds the whole report; one writes it
+        return
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.with_suffix(".json").write_text(json.dumps(report, indent=2))
@@ -998,14 +1002,18 @@ def _spectrum(args: argparse.Namespace) -> None:
     vocab = concept_vocabulary(pipe, args.words or None, template=args.template, neutral=neutral, cache_dir=args.cache)
     draws = make_draws(pipe, args.draws, seed=args.seed)
     spec = spectrum(pipe, edit, vocab, draws, cache_dir=args.cache, force=args.force)
+    from unsee.distributed import is_main_process
+
+    main = is_main_process()  # under accelerate every process computes its share and holds the whole; one writes
     out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "spectrum.json").write_text(json.dumps(spec.to_dict(), indent=2))
-    plot_spectrum(spec, out / "spectrum.png")
     order = spec.order()
-    print("most affected: " + ", ".join(f"{w} ({s:.4f})" for w, s in order[:8]))
-    print("least affected: " + ", ".join(f"{w} ({s:.4f})" for w, s in order[-5:]))
-    print(f"wrote {out / 'spectrum.json'} and {out / 'spectrum.png'}")
+    if main:
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "spectrum.json").write_text(json.dumps(spec.to_dict(), indent=2))
+        plot_spectrum(spec, out / "spectrum.png")
+        print("most affected: " + ", ".join(f"{w} ({s:.4f})" for w, s in order[:8]))
+        print("least affected: " + ", ".join(f"{w} ({s:.4f})" for w, s in order[-5:]))
+        print(f"wrote {out / 'spectrum.json'} and {out / 'spectrum.png'}")
     if args.extremes > 0 and edit is not None:
         from unsee.impact.empirical import empirical_impact, extremes_grid
 
@@ -1019,9 +1027,10 @@ def _spectrum(args: argparse.Namespace) -> None:
         pick = [w for w, _ in order[:k]] + [w for w, _ in order[-k:]]
         emp = empirical_impact(pipe, edit, pick, judge=judge, labels=labels, n=args.n, seed=args.seed,
                                template=args.template, keep_images=True, force=args.force)  # fmt: skip
-        (out / "empirical.json").write_text(json.dumps(emp.to_dict(), indent=2))
-        extremes_grid(spec, emp, out / "extremes.png")
-        print(f"wrote {out / 'extremes.png'} (the {k} most and least affected concepts, base vs edited, same seeds)")
+        if main:
+            (out / "empirical.json").write_text(json.dumps(emp.to_dict(), indent=2))
+            extremes_grid(spec, emp, out / "extremes.png")
+            print(f"wrote {out / 'extremes.png'} (the {k} most and least affected concepts, base vs edited, same seeds)")
 
 
 def _add_spectrum(sub: argparse._SubParsersAction) -> None:

@@ -21,6 +21,7 @@ from diffusers import StableDiffusionPipeline
 
 from unsee.concepts.prompts import DEFAULT_NEUTRAL, with_article
 from unsee.concepts.vocab import Vocabulary, build_vocabulary, model_words
+from unsee.distributed import contiguous, gather
 from unsee.edits import Edit
 from unsee.models import fingerprint
 from unsee.sampling import encode_prompts, initial_latents, sample_until
@@ -92,25 +93,11 @@ def eps_table(pipe: StableDiffusionPipeline, cond: torch.Tensor, draws: Draws, b
 
 def _shard(n: int) -> tuple[range, object | None]:
     """This process's slice of n concepts, and the accelerate state when several processes run."""
-    try:
-        from accelerate import PartialState
-
-        state = PartialState()
-    except Exception:  # accelerate missing or not initialisable: one process
-        return range(n), None
-    if state.num_processes == 1:
-        return range(n), None
-    per = -(-n // state.num_processes)
-    return range(state.process_index * per, min(n, (state.process_index + 1) * per)), state
+    return contiguous(n)
 
 
 def _gather(part: torch.Tensor, n: int, state) -> torch.Tensor:
-    if state is None:
-        return part
-    from accelerate.utils import gather_object
-
-    pieces = gather_object([part])
-    return torch.cat(pieces)[:n]
+    return part if state is None else torch.cat(gather(part, state))[:n]
 
 
 def base_outputs(pipe: StableDiffusionPipeline, vocab: Vocabulary, draws: Draws, cache_dir: str | Path | None,

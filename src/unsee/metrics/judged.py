@@ -19,6 +19,7 @@ import torch
 from diffusers import StableDiffusionPipeline
 from tqdm.auto import tqdm
 
+from unsee.distributed import gather, round_robin
 from unsee.judges import Judge, topk
 from unsee.models import fingerprint, sampling_defaults
 from unsee.sampling import Learned, check_sampling, ddim, decode, denoise, encode_prompts, latent_shape
@@ -89,15 +90,24 @@ def prompt_images(
     jobs = [(i, j) for i in range(len(prompts)) for j in range(n)]
     latents = {i: prompt_latents(pipe, n, seeds[i]) for i in range(len(prompts))}
     neg = encode_prompts(pipe, [""])
-    images: dict[int, list[torch.Tensor]] = {i: [] for i in range(len(prompts))}
-    for s in tqdm(range(0, len(jobs), batch_size), desc="sampling", disable=not progress):
-        chunk = jobs[s : s + batch_size]
+    starts = list(range(0, len(jobs), batch_size))
+    # Under `accelerate launch` each process draws whole chunks, the very chunks one process would: the images are
+    # the same bit for bit, whichever process drew them.
+    mine, state = round_robin(len(starts))
+    done: dict[int, torch.Tensor] = {}
+    for c in tqdm(mine, desc="sampling", disable=not progress):
+        chunk = jobs[starts[c] : starts[c] + batch_size]
         z = torch.stack([latents[i][j] for i, j in chunk])
         cond = encode_prompts(pipe, [prompts[i] for i, _ in chunk], learned)
         sched = ddim(pipe, steps)
         z = denoise(pipe.unet, sched, z, cond, neg.expand(len(chunk), -1, -1), guidance_scale, sched.timesteps)
-        for (i, _), im in zip(chunk, decode(pipe, z)):
-            images[i].append(im.cpu())
+        done[c] = decode(pipe, z).cpu()
+    if state is not None:
+        done = {c: x for part in gather(done, state) for c, x in part.items()}
+    images: dict[int, list[torch.Tensor]] = {i: [] for i in range(len(prompts))}
+    for c in range(len(starts)):
+        for (i, _), im in zip(jobs[starts[c] : starts[c] + batch_size], done[c]):
+            images[i].append(im)
     return [torch.stack(images[i]) for i in range(len(prompts))]
 
 
