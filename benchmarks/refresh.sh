@@ -19,7 +19,13 @@ step() {
 }
 step "world quality" world_quality "$py" benchmarks/world_quality.py
 step "impact (ships the predictor)" impact "$py" benchmarks/impact.py --ship
-step "erasure" erasure "$py" benchmarks/erasure.py --methods esd esd-gentle neutral eap eap-shared eap-predicted eap-pgd
+step "erasure" erasure "$py" benchmarks/erasure.py --methods esd esd-gentle neutral eap eap-shared eap-predicted eap-pgd age \
+  uce uce-rest uce-rest-keep
+step "collapse of many concepts" collapse "$py" benchmarks/collapse.py --sizes 1 2 5 10 --methods neutral age eap esd
+step "composing edits" compose "$py" benchmarks/compose.py
+step "LoRA export (on the erasure step's eap split-0 edit)" lora "$py" benchmarks/lora.py
+step "alpha concepts" alpha "$py" benchmarks/alpha.py
+step "anti-personalisation (targets from alpha)" protect "$py" benchmarks/protect.py
 step "erasure, style protocol" erasure_style "$py" benchmarks/erasure.py --methods esd eap --splits 0 --style checkered \
   --out benchmarks/results/erasure_style
 step "judges' agreement" judges "$py" benchmarks/judges.py
