@@ -208,6 +208,12 @@ def markdown(report: dict) -> str:
              f"Model: `mini`, fingerprint `{report['model_fingerprint']}`. Edits: EAP at the erasure benchmark's settings "
              f"(seed {SEED}), one concept each, composed with `Edit.compose` (deltas summed). Report settings: "
              f"`{json.dumps(REPORT)}` (`unsee compose-report`'s defaults).", ""]  # fmt: skip
+    t = report.get("report_10_timing")
+    if t:
+        lines += [f"`unsee compose-report` on the 10 edits, timed as a user runs it (a fresh process, model load "
+                  f"included, {t['cpus']} CPUs): {t['cold_seconds']:.0f} s the first time on the model (empty cache), "
+                  f"{t['warm_seconds']:.0f} s once the base model's images and spectrum outputs are cached "
+                  "(`python benchmarks/compose.py --time-report`).", ""]  # fmt: skip
     dw = report.get("done_when")
     if dw:
         sc = dw["scores"]
@@ -245,6 +251,29 @@ def markdown(report: dict) -> str:
     return "\n".join(lines)
 
 
+def time_report(out: Path) -> None:
+    """Wall time of the command a user runs, `unsee compose-report` on the 10 edits, in a fresh process: first with an
+    empty cache, then again with the base model's images and spectrum outputs cached. Written into OUT.json/.md."""
+    import subprocess
+    import sys
+    import tempfile
+
+    fp = fingerprint(load_pipeline("mini"))
+    edits = [str(out.with_name(out.name + "_runs") / fp / "edits" / name_of((c,))) for c in SINGLES]
+    cli = Path(sys.executable).with_name("unsee")
+    timing = {"model_fingerprint": fp, "edits": len(edits), "cpus": os.cpu_count()}
+    with tempfile.TemporaryDirectory() as tmp:
+        for run in ("cold", "warm"):
+            t0 = time.perf_counter()
+            subprocess.run([str(cli), "compose-report", *edits, "--out", f"{tmp}/{run}", "--cache", f"{tmp}/cache"],
+                           check=True, capture_output=True)  # fmt: skip
+            timing[f"{run}_seconds"] = time.perf_counter() - t0
+    f = out.with_suffix(".json")
+    report = json.loads(f.read_text())
+    report["report_10_timing"] = timing
+    write_report(out, report, markdown(report), default=str)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--train-only", action="store_true", help="only train the edits the compositions need")
@@ -254,8 +283,14 @@ def main() -> None:
         help="with --train-only: train in another order (a second process shares the training)",
     )
     ap.add_argument("--no-train", action="store_true", help="report the compositions whose edits are kept; train none")
+    ap.add_argument("--time-report", action="store_true",
+                    help="time `unsee compose-report` on the 10 edits: cold (an empty cache) then warm (base model cached); "
+                    "run on idle cores")  # fmt: skip
     ap.add_argument("--out", default=str(RESULTS / "compose"))
     args = ap.parse_args()
+    if args.time_report:
+        time_report(Path(args.out))
+        return
     torch.set_num_threads(int(os.environ.get("UNSEE_THREADS", "2")))  # 1 when sharing the machine
     pipe = load_pipeline("mini")
     fp = fingerprint(pipe)
