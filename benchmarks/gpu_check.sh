@@ -18,6 +18,10 @@ mkdir -p "$OUT"
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader | tee "$OUT/machine.txt"
 nproc >> "$OUT/machine.txt"
 
+# Issue 28's table (ESD-x / EAP per update in fp16 and bf16, one spectrum projected to 49,408 words, images per
+# second, peak memory): $OUT/gpu.{json,md}, copied to benchmarks/results/gpu.{json,md} once fetched.
+[ -n "${SKIP_GPU_TABLE:-}" ] || timeout 200 python3 benchmarks/gpu.py --out "$OUT/gpu" 2>&1 | tee "$OUT/gpu.log"
+
 [ -n "${SKIP_TIMINGS:-}" ] || timeout 170 python3 - <<'PY' 2>&1 | tee "$OUT/timings.log"
 import json, os, time, torch
 from unsee.methods import erase, make_config

@@ -109,9 +109,9 @@ def erase_age(pipe: StableDiffusionPipeline, concepts: Sequence[str], cfg: AGECo
         idx = tr.draw_concepts(n)
         c_e = tr.c_e[idx]
         w_t = gumbel_topk(target_logits[idx] + mask[idx], n, cfg.target_temperature, cfg.target_topk, tr.g)
-        c_t = torch.einsum("bk,bkld->bld", w_t, B_emb[idx])
+        c_t = torch.einsum("bk,bkld->bld", w_t.to(B_emb.dtype), B_emb[idx])
         w_a = gumbel_topk(adv_logits, n, cfg.temperature, cfg.topk, tr.g)
-        c_a = torch.einsum("br,rld->bld", w_a, R_emb)
+        c_a = torch.einsum("br,rld->bld", w_a.to(R_emb.dtype), R_emb)
         # one batched partial DDIM for all three (AGE and published EAP give each concept its own z_t)
         z, t = tr.draw_zt(torch.cat([c_e, c_t.detach(), c_a.detach()]))
         z_e, z_t, z_a = z.chunk(3)

@@ -112,7 +112,7 @@ def eap_objective(pipe: StableDiffusionPipeline, tr: Trainer, cfg: EAPConfig) ->
 
     def preservation(n: int) -> tuple[torch.Tensor, torch.Tensor]:
         w = gumbel_softmax(logits, n, cfg.temperature, cfg.hard, tr.g)
-        c_a = torch.einsum("br,rld->bld", w, R_emb)
+        c_a = torch.einsum("br,rld->bld", w.to(R_emb.dtype), R_emb)  # fp32 logits, the pipe's dtype
         return c_a, w
 
     def l2_own(c_a: torch.Tensor) -> torch.Tensor:  # the preservation loss at c_a's own z_t
