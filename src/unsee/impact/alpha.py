@@ -37,7 +37,7 @@ from tqdm.auto import tqdm
 
 from unsee.concepts.prompts import with_article
 from unsee.judges import Judge, group_of
-from unsee.metrics.judged import cached_prompt_images, prompt_images
+from unsee.metrics.judged import cached_prompt_images, prompt_images, weights_key
 from unsee.models import fingerprint
 from unsee.sampling import encode_prompts
 
@@ -235,13 +235,14 @@ def dominance(
     total = np.zeros((k, k))
     examples: dict[tuple[str, str], torch.Tensor] = {}
     chunk = 32  # prompts per sampling call: bounded memory, a progress bar that moves
+    model_key = weights_key(pipe) if cache_dir is not None else None  # hashed once, not per chunk
     bar = tqdm(total=len(jobs), desc="dominance", disable=not progress)
     for s in range(0, len(jobs), chunk):
         part = jobs[s : s + chunk]
         prompts, seeds = [j[3] for j in part], [j[4] for j in part]
         kw = dict(n=config.n, steps=config.steps, guidance_scale=config.guidance_scale)
         if cache_dir is not None:
-            images = cached_prompt_images(pipe, prompts, cache_dir, seeds=seeds, **kw)
+            images = cached_prompt_images(pipe, prompts, cache_dir, seeds=seeds, model_key=model_key, **kw)
         else:
             images = prompt_images(pipe, prompts, seeds=seeds, **kw)
         for (a, b, t, _, _), ims in zip(part, images):

@@ -132,16 +132,18 @@ def cached_prompt_images(
     guidance_scale: float | None = None,
     batch_size: int = 64,
     progress: bool = False,
+    model_key: str | None = None,
 ) -> list[torch.Tensor]:
     """:func:`prompt_images`, each prompt's images kept in ``cache_dir``. A prompt's images depend only on the
     weights (:func:`weights_key`), the prompt, its seed, ``n``, ``steps`` and ``guidance_scale``, so that is the
-    key: a later call with other prompts beside it, or in another order, reads them back bit for bit."""
+    key: a later call with other prompts beside it, or in another order, reads them back bit for bit. A caller
+    that calls again and again on unchanged weights passes ``model_key`` (:func:`weights_key`) to hash them once."""
     d = sampling_defaults(pipe)
     steps = d.steps if steps is None else steps
     guidance_scale = d.guidance_scale if guidance_scale is None else guidance_scale
     if len(seeds) != len(prompts):
         raise ValueError(f"`seeds` has {len(seeds)} seeds for {len(prompts)} prompts; pass one per prompt")
-    model = weights_key(pipe)
+    model = model_key or weights_key(pipe)
     folder = Path(cache_dir) / "images"
     paths = [folder / (hashlib.sha256(json.dumps([model, p, int(s), n, steps, float(guidance_scale)]).encode())
                        .hexdigest()[:24] + ".pt") for p, s in zip(prompts, seeds)]  # fmt: skip
