@@ -2,7 +2,7 @@
 
 An edit saves as ``edit.safetensors`` + ``edit.json``, applies to a pipeline and restores it
 exactly, refuses a pipeline with another base fingerprint unless forced, and merges into a
-diffusers folder that plain ``StableDiffusionPipeline.from_pretrained`` loads. Separately made
+diffusers folder that plain ``StableDiffusionPipeline.from_pretrained`` (or SDXL's) loads. Separately made
 edits of one base model compose into one (:meth:`Edit.compose`: their deltas summed).
 """
 
@@ -18,13 +18,17 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from diffusers import StableDiffusionPipeline
 from safetensors.torch import load_file, save_file
 
 from unsee import __version__
-from unsee.models import fingerprint
+from unsee.models import Pipeline, architecture, describe, fingerprint
 
-COMPONENTS = ("unet", "text_encoder")
+COMPONENTS = ("unet", "text_encoder", "text_encoder_2")  # text_encoder_2: SDXL's second text encoder
+
+
+def _params(pipe: Pipeline) -> dict[str, dict[str, torch.nn.Parameter]]:
+    """Component -> its named parameters, for the components ``pipe`` has."""
+    return {c: dict(m.named_parameters()) for c in COMPONENTS if (m := getattr(pipe, c, None)) is not None}
 
 
 class FingerprintMismatch(ValueError):
@@ -56,6 +60,9 @@ class Edit:
     unsee_version: str = __version__
     base_model: str | None = None
     """Where the base model loads from (``"mini"``, a folder, a hub id), beside its fingerprint; None: unknown."""
+    architecture: dict[str, Any] | None = None
+    """The base model's family (:func:`unsee.models.architecture`): pipeline class, cross-attention width and added
+    conditioning; an edit refuses a pipeline of another family even when forced. None: unknown (older edits)."""
 
     @property
     def digest(self) -> str:
@@ -72,7 +79,7 @@ class Edit:
 
     # -- composition ---------------------------------------------------------------------
     @classmethod
-    def compose(cls, edits: Sequence[Edit], base: StableDiffusionPipeline, *, force: bool = False) -> Edit:
+    def compose(cls, edits: Sequence[Edit], base: Pipeline, *, force: bool = False) -> Edit:
         """One edit that makes the changes of all ``edits``, each made separately on the model ``base`` holds.
 
         The policy: every edit's delta (its value minus ``base``'s) is added to ``base``. A tensor one edit
@@ -104,7 +111,7 @@ class Edit:
         for i, e in enumerate(parts):
             for key in e.tensors:
                 owners.setdefault(key, []).append(i)
-        params = {c: dict(getattr(base, c).named_parameters()) for c in COMPONENTS}
+        params = _params(base)
         tensors = {}
         for key in sorted(owners):
             held = owners[key]
@@ -140,6 +147,7 @@ class Edit:
             tensors=tensors,
             info={"shared": shared},
             base_model=next(iter({e.base_model for e in parts})) if len({e.base_model for e in parts}) == 1 else None,
+            architecture=architecture(base),
         )
 
     # -- files ---------------------------------------------------------------------------
@@ -153,6 +161,7 @@ class Edit:
             "concepts": list(self.concepts),
             "base_fingerprint": self.base_fingerprint,
             "base_model": self.base_model,
+            "architecture": self.architecture,
             "seed": self.seed,
             "unsee_version": self.unsee_version,
             "num_changed": self.num_changed,
@@ -177,10 +186,17 @@ class Edit:
             info=meta.get("info", {}),
             unsee_version=meta.get("unsee_version", "?"),
             base_model=meta.get("base_model"),
+            architecture=meta.get("architecture"),
         )
 
     # -- pipelines -----------------------------------------------------------------------
-    def check(self, pipe: StableDiffusionPipeline, force: bool = False) -> None:
+    def check(self, pipe: Pipeline, force: bool = False) -> None:
+        """Refuse a pipeline of another model family (always) or with another fingerprint (unless ``force``)."""
+        here = architecture(pipe)
+        if self.architecture is not None and self.architecture != here:
+            fix = f"load_pipeline({self.base_model!r})" if self.base_model else "the model it was made on"
+            raise ValueError(f"this edit was made on {describe(self.architecture)}, not on {describe(here)}; pass the "
+                             f"pipeline of {fix}")  # fmt: skip
         if force:  # hashing every weight is the expensive part; forced applies skip it
             return
         fp = fingerprint(pipe)
@@ -189,11 +205,11 @@ class Edit:
                 f"this edit was made for base model {self.base_fingerprint}, not {fp}; load that model or pass `force=True`"
             )
 
-    def apply(self, pipe: StableDiffusionPipeline, *, force: bool = False, check: bool = True) -> Undo:
+    def apply(self, pipe: Pipeline, *, force: bool = False, check: bool = True) -> Undo:
         """Write the edit's tensors into ``pipe`` in place (in the pipeline's dtype); returns an :class:`Undo`."""
         if check:
             self.check(pipe, force)
-        params = {c: dict(getattr(pipe, c).named_parameters()) for c in COMPONENTS}
+        params = _params(pipe)
         saved = {}
         with torch.no_grad():
             for key, value in self.tensors.items():
@@ -208,14 +224,14 @@ class Edit:
         return Undo(pipe, saved)
 
     @contextmanager
-    def applied(self, pipe: StableDiffusionPipeline, *, force: bool = False) -> Iterator[StableDiffusionPipeline]:
+    def applied(self, pipe: Pipeline, *, force: bool = False) -> Iterator[Pipeline]:
         undo = self.apply(pipe, force=force)
         try:
             yield pipe
         finally:
             undo.restore()
 
-    def merge(self, pipe: StableDiffusionPipeline, out: str | Path, *, force: bool = False) -> Path:
+    def merge(self, pipe: Pipeline, out: str | Path, *, force: bool = False) -> Path:
         """Write ``pipe`` with this edit applied as a diffusers folder; ``pipe`` itself is left unchanged."""
         with self.applied(pipe, force=force):
             pipe.save_pretrained(out, safe_serialization=True)
@@ -228,11 +244,11 @@ class Edit:
 class Undo:
     """The original values of the tensors an edit overwrote."""
 
-    pipe: StableDiffusionPipeline
+    pipe: Pipeline
     originals: dict[str, torch.Tensor]
 
     def restore(self) -> None:
-        params = {c: dict(getattr(self.pipe, c).named_parameters()) for c in COMPONENTS}
+        params = _params(self.pipe)
         with torch.no_grad():
             for key, value in self.originals.items():
                 comp, name = _split(key)

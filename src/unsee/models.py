@@ -9,14 +9,17 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from diffusers import StableDiffusionPipeline
+from diffusers import StableDiffusionPipeline, StableDiffusionXLPipeline
 
 from unsee.quiet import quiet_libraries
 
 ASSETS = Path(__file__).resolve().parent / "assets"
 BUNDLED: dict[str, Path] = {"mini": ASSETS / "mini"}
-# Pipelines whose UNet + CLIP text encoder unsee edits.
-SUPPORTED_CLASSES = ("StableDiffusionPipeline",)
+# Pipelines whose UNet + CLIP text encoder(s) unsee edits: SD 1.x and 2.x, and SDXL.
+SUPPORTED_CLASSES = ("StableDiffusionPipeline", "StableDiffusionXLPipeline")
+PIPELINE_CLASSES: dict[str, type] = {"StableDiffusionPipeline": StableDiffusionPipeline,
+                                     "StableDiffusionXLPipeline": StableDiffusionXLPipeline}  # fmt: skip
+Pipeline = StableDiffusionPipeline | StableDiffusionXLPipeline
 
 
 class ModelError(ValueError):
@@ -53,7 +56,7 @@ def resolve(name_or_path: str | os.PathLike) -> str | Path:
             )
         cls = json.loads(index.read_text()).get("_class_name")
         if cls not in SUPPORTED_CLASSES:
-            raise ModelError(f"{path} holds a {cls}, not a Stable Diffusion 1.x/2.x pipeline; unsee supports: "
+            raise ModelError(f"{path} holds a {cls}, not a Stable Diffusion 1.x/2.x or SDXL pipeline; unsee supports: "
                              f"{', '.join(SUPPORTED_CLASSES)}")  # fmt: skip
         return path
     if name.count("/") != 1:
@@ -61,23 +64,36 @@ def resolve(name_or_path: str | os.PathLike) -> str | Path:
     return name
 
 
+def _class_name(where: str | Path, offline: bool) -> str:
+    """The pipeline class a folder or hub id holds (model_index.json's ``_class_name``); SD's if it cannot be read."""
+    if isinstance(where, Path):
+        return json.loads((where / "model_index.json").read_text())["_class_name"]
+    try:
+        from huggingface_hub import hf_hub_download
+
+        name = json.loads(Path(hf_hub_download(where, "model_index.json", local_files_only=offline)).read_text())
+        return name["_class_name"] if name.get("_class_name") in SUPPORTED_CLASSES else "StableDiffusionPipeline"
+    except Exception:  # unreachable or not cached: loading below says so, with the fix
+        return "StableDiffusionPipeline"
+
+
 def load_pipeline(
     name_or_path: str | os.PathLike = "mini",
     *,
     dtype: torch.dtype = torch.float32,
     device: str | torch.device = "cpu",
-) -> StableDiffusionPipeline:
-    """Load a Stable Diffusion pipeline in ``dtype`` on ``device`` (fp32 on CPU by default).
+) -> Pipeline:
+    """Load a Stable Diffusion (1.x, 2.x or XL) pipeline in ``dtype`` on ``device`` (fp32 on CPU by default).
 
     Respects ``HF_HUB_OFFLINE``: offline, a hub id must already be in the local cache.
     """
     where = resolve(name_or_path)
     offline = os.environ.get("HF_HUB_OFFLINE", "0").lower() in ("1", "true", "yes")
+    cls = PIPELINE_CLASSES[_class_name(where, offline)]
+    extra = {"safety_checker": None, "requires_safety_checker": False} if cls is StableDiffusionPipeline else {}
     try:
         with quiet_libraries():  # no "Loading pipeline components..." / "Loading weights" bars or warnings
-            pipe = StableDiffusionPipeline.from_pretrained(
-                where, dtype=dtype, safety_checker=None, requires_safety_checker=False, local_files_only=offline
-            )
+            pipe = cls.from_pretrained(where, dtype=dtype, local_files_only=offline, **extra)
     except (OSError, ValueError) as e:
         if isinstance(where, Path):
             raise ModelError(f"cannot load pipeline from {where}: {str(e).splitlines()[0]}") from e
@@ -85,11 +101,34 @@ def load_pipeline(
         raise ModelError(
             f"cannot load {where!r}: {hint}; download it first (huggingface-cli download {where}) or pass a local folder"
         ) from e
+    if isinstance(pipe, StableDiffusionXLPipeline) and pipe.vae_scale_factor != 8:
+        raise ModelError(f"{where} is an SDXL pipeline whose VAE downsamples by {pipe.vae_scale_factor}, not 8; unsee's "
+                         "SDXL size conditioning assumes SDXL's VAE")  # fmt: skip
     pipe.set_progress_bar_config(disable=True)
     return pipe.to(device)
 
 
-def model_source(pipe: StableDiffusionPipeline) -> str | None:
+def architecture(pipe: Pipeline) -> dict[str, object]:
+    """What an edit's tensors fit: the pipeline class, the UNet's cross-attention width and added conditioning."""
+    cfg = pipe.unet.config
+    return {"pipeline": type(pipe).__name__, "cross_attention_dim": cfg.cross_attention_dim,
+            "addition_embed_type": cfg.get("addition_embed_type")}  # fmt: skip
+
+
+def describe(arch: dict[str, object]) -> str:
+    """A model family in words, from :func:`architecture`, e.g. "an SDXL model (StableDiffusionXLPipeline,
+    cross-attention 2048)"; a StableDiffusionPipeline is SD 2.x at SD 2's text width (1024), else SD 1.x."""
+    cls, width = arch.get("pipeline"), arch.get("cross_attention_dim")
+    if arch.get("addition_embed_type") == "text_time":
+        family = "an SDXL"
+    elif cls == "StableDiffusionPipeline":
+        family = "an SD 2.x" if width == 1024 else "an SD 1.x"
+    else:
+        family = f"a {cls}"
+    return f"{family} model ({cls}, cross-attention {width})"
+
+
+def model_source(pipe: Pipeline) -> str | None:
     """What :func:`load_pipeline` would take to load ``pipe`` again: a bundled name ("mini"), the folder it came
     from, or its hub id; None for a pipeline built in code."""
     where = getattr(pipe, "name_or_path", None) or ""
@@ -104,12 +143,12 @@ def model_source(pipe: StableDiffusionPipeline) -> str | None:
     return str(where)
 
 
-def sampling_defaults(model: str | os.PathLike | StableDiffusionPipeline = "mini") -> SamplingDefaults:
+def sampling_defaults(model: str | os.PathLike | Pipeline = "mini") -> SamplingDefaults:
     """Steps and guidance a model is meant to sample with (``unsee.json`` in its folder, else SD's 50 / 7.5).
 
     ``model`` is a name, a folder, a hub id, or a loaded pipeline (its folder is the one it came from).
     """
-    if isinstance(model, StableDiffusionPipeline):
+    if isinstance(model, StableDiffusionPipeline | StableDiffusionXLPipeline):
         model = model.name_or_path or ""
         if not model:  # built in code: no folder says how to sample it
             return SamplingDefaults()
@@ -121,13 +160,16 @@ def sampling_defaults(model: str | os.PathLike | StableDiffusionPipeline = "mini
     return SamplingDefaults()
 
 
-def fingerprint(pipe: StableDiffusionPipeline) -> str:
-    """A stable hash of the UNet and text-encoder weights (the parts unsee edits).
+def fingerprint(pipe: Pipeline) -> str:
+    """A stable hash of the UNet and text-encoder weights (the parts unsee edits; SDXL's second text encoder too).
 
     Tensors are hashed as fp16, so the same weights loaded in fp32 or fp16 share a fingerprint.
     """
     h = hashlib.sha256()
-    for prefix, module in (("unet", pipe.unet), ("text_encoder", pipe.text_encoder)):
+    parts = [("unet", pipe.unet), ("text_encoder", pipe.text_encoder)]
+    if getattr(pipe, "text_encoder_2", None) is not None:  # after the others: SD 1.x/2.x fingerprints stay as they were
+        parts.append(("text_encoder_2", pipe.text_encoder_2))
+    for prefix, module in [(p, m) for p, m in parts if m is not None]:
         for name, t in sorted(module.state_dict().items()):
             h.update(f"{prefix}.{name}:{tuple(t.shape)}".encode())
             h.update(t.detach().to("cpu", torch.float16).contiguous().numpy().tobytes())

@@ -31,7 +31,7 @@ from tqdm.auto import tqdm
 
 from unsee.concepts.inversion import denoising_target
 from unsee.models import fingerprint, sampling_defaults
-from unsee.sampling import encode_prompts, latent_shape, sample
+from unsee.sampling import encode_prompts, latent_shape, sample, unet_eps
 
 Mode = Literal["targeted", "untargeted", "noise"]
 MODES: tuple[str, ...] = ("targeted", "untargeted", "noise")
@@ -162,7 +162,7 @@ def protect(
         noise = torch.randn(z0.shape, generator=generator).to(z0.device)
         z_t = sched.add_noise(z0, noise, t.to(z0.device))
         target = denoising_target(sched, z0, noise, t.to(z0.device))
-        pred = pipe.unet(z_t.to(dev, pipe.unet.dtype), t.to(dev), encoder_hidden_states=cond.expand(len(idx), -1, -1)).sample
+        pred = unet_eps(pipe.unet, z_t.to(dev, pipe.unet.dtype), t.to(dev), cond.expand(len(idx), -1, -1))
         sem = torch.nn.functional.mse_loss(pred.float(), target.to(dev).float())
         # descend towards the target; ascend the loss otherwise
         loss = config.semantic * sem if targeted else -sem

@@ -1,8 +1,17 @@
 """unsee's own short denoising loop: DDIM with classifier-free guidance and an explicit generator.
 
-It equals ``StableDiffusionPipeline.__call__`` for the same seed and settings, and it can stop
-at an intermediate step (:func:`sample_until`) to hand back ``z_t``, which erasure needs
-(the field's reference code gets there by monkey-patching the pipeline instead).
+It equals ``StableDiffusionPipeline.__call__`` (SD 1.x and 2.x, epsilon or v prediction) and
+``StableDiffusionXLPipeline.__call__`` for the same seed and settings, and it can stop at an intermediate
+step (:func:`sample_until`) to hand back ``z_t``, which erasure needs (the field's reference code gets
+there by monkey-patching the pipeline instead).
+
+The text conditioning ``cond`` is one tensor ``(B, L, D)`` for every model, so that erasers cat, expand,
+chunk and index it alike. For SD 1.x/2.x it is the text encoder's hidden states. For SDXL
+(:func:`is_xl`) it is packed (:func:`encode_prompts`): the two encoders' penultimate hidden states,
+concatenated (``(B, 77, 768 + 1280 = 2048)``), followed by one more token that carries the pooled
+embedding of ``text_encoder_2`` (its first 1280 entries; the rest zero). Every UNet call goes through
+:func:`unet_eps`, which unpacks it into ``encoder_hidden_states`` and ``added_cond_kwargs`` and builds
+SDXL's size conditioning from the latent's size, as the pipeline does by default.
 """
 
 from __future__ import annotations
@@ -12,8 +21,13 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 
 import torch
-from diffusers import DDIMScheduler, StableDiffusionPipeline
+from diffusers import DDIMScheduler, StableDiffusionPipeline, StableDiffusionXLPipeline
 from diffusers.utils.torch_utils import randn_tensor
+
+Pipeline = StableDiffusionPipeline | StableDiffusionXLPipeline
+"""The pipelines unsee samples, erases and attacks."""
+PIXELS_PER_LATENT = 8
+"""SDXL's size conditioning is in pixels: every SDXL VAE downsamples by 8 (``pipe.vae_scale_factor``)."""
 
 EpsFn = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
 
@@ -86,9 +100,60 @@ def encode_text(tokenizer, text_encoder: torch.nn.Module, prompts: Sequence[str]
         handle.remove()
 
 
-def encode_prompts(pipe: StableDiffusionPipeline, prompts: Sequence[str], learned: Learned | None = None) -> torch.Tensor:
-    """:func:`encode_text` with the pipeline's tokenizer and text encoder."""
-    return encode_text(pipe.tokenizer, pipe.text_encoder, prompts, learned)
+def is_xl(model: Pipeline | torch.nn.Module) -> bool:
+    """Whether a pipeline (or its UNet) takes SDXL's added conditioning: pooled text embeddings and size ids."""
+    unet = getattr(model, "unet", model)
+    return getattr(unet.config, "addition_embed_type", None) == "text_time"
+
+
+def encode_prompts(pipe: Pipeline, prompts: Sequence[str], learned: Learned | None = None) -> torch.Tensor:
+    """The conditioning ``(B, L, D)`` the UNet takes for prompts (through :func:`unet_eps`).
+
+    SD 1.x/2.x: :func:`encode_text` with the pipeline's tokenizer and text encoder. SDXL: as
+    ``StableDiffusionXLPipeline.encode_prompt`` (penultimate hidden states of both encoders, concatenated,
+    and ``text_encoder_2``'s pooled projection), packed as one tensor (see the module's docstring). With
+    ``force_zeros_for_empty_prompt`` in the pipeline's config, the empty prompt encodes as zeros, which is
+    what SDXL's pipeline gives as the unconditional input when no negative prompt is given.
+    """
+    if not is_xl(pipe):
+        return encode_text(pipe.tokenizer, pipe.text_encoder, prompts, learned)
+    if learned and any(t in p for p in prompts for t in learned):
+        raise ValueError("learned tokens (textual inversion) are not supported on SDXL yet; use an SD 1.x/2.x model")
+    hidden, pooled = [], None
+    pairs = [(pipe.tokenizer, pipe.text_encoder), (pipe.tokenizer_2, pipe.text_encoder_2)]
+    for tokenizer, encoder in [(t, e) for t, e in pairs if e is not None]:
+        out = encoder(tokenize(tokenizer, prompts).to(encoder.device), output_hidden_states=True)
+        hidden.append(out.hidden_states[-2])
+        pooled = out[0] if out[0].ndim == 2 else pooled  # the projection of the last encoder that has one
+    h = torch.cat(hidden, dim=-1)
+    if pooled is None or pooled.shape[-1] > h.shape[-1]:
+        raise ValueError("this SDXL pipeline's text_encoder_2 gives no pooled projection that fits the packing; "
+                         "it needs a CLIPTextModelWithProjection")  # fmt: skip
+    extra = torch.zeros(h.shape[0], 1, h.shape[-1], dtype=h.dtype, device=h.device)
+    extra[:, 0, : pooled.shape[-1]] = pooled.to(h.dtype)
+    cond = torch.cat([h, extra], dim=1)
+    if pipe.config.get("force_zeros_for_empty_prompt", False):
+        empty = torch.tensor([p == "" for p in prompts], device=cond.device)
+        cond = torch.where(empty[:, None, None], torch.zeros_like(cond), cond)
+    return cond
+
+
+def unet_eps(unet: torch.nn.Module, z: torch.Tensor, t: torch.Tensor, cond: torch.Tensor) -> torch.Tensor:
+    """The UNet's output at ``(z, t)`` for the conditioning ``cond`` of :func:`encode_prompts`: every UNet call of
+    unsee goes through here.
+
+    For SDXL it unpacks ``cond`` into the hidden states and the pooled embedding (``text_embeds``) and passes
+    the size conditioning ``time_ids`` = (original size, crop top-left (0, 0), target size), both sizes being
+    the latent's size in pixels: what ``StableDiffusionXLPipeline`` passes when sampling at that size.
+    """
+    if not is_xl(unet):
+        return unet(z, t, encoder_hidden_states=cond).sample
+    cfg = unet.config
+    width = cfg.projection_class_embeddings_input_dim - 6 * cfg.addition_time_embed_dim
+    h, w = (s * PIXELS_PER_LATENT for s in z.shape[-2:])
+    time_ids = torch.tensor([[h, w, 0, 0, h, w]], dtype=cond.dtype, device=cond.device).expand(len(cond), 6)
+    added = {"text_embeds": cond[:, -1, :width], "time_ids": time_ids}
+    return unet(z, t, encoder_hidden_states=cond[:, :-1], added_cond_kwargs=added).sample
 
 
 def check_sampling(steps: int, guidance_scale: float) -> None:
@@ -100,14 +165,14 @@ def check_sampling(steps: int, guidance_scale: float) -> None:
                          "classifier-free guidance, SD's default is 7.5")  # fmt: skip
 
 
-def ddim(pipe: StableDiffusionPipeline, steps: int) -> DDIMScheduler:
+def ddim(pipe: Pipeline, steps: int) -> DDIMScheduler:
     """A fresh DDIM scheduler from the pipeline's config with ``steps`` timesteps set."""
     sched = DDIMScheduler.from_config(pipe.scheduler.config)
     sched.set_timesteps(steps, device=pipe.unet.device)
     return sched
 
 
-def latent_shape(pipe: StableDiffusionPipeline, batch: int, height: int | None = None, width: int | None = None):
+def latent_shape(pipe: Pipeline, batch: int, height: int | None = None, width: int | None = None):
     f = pipe.vae_scale_factor
     h = height or pipe.unet.config.sample_size * f
     w = width or pipe.unet.config.sample_size * f
@@ -115,7 +180,7 @@ def latent_shape(pipe: StableDiffusionPipeline, batch: int, height: int | None =
 
 
 def initial_latents(
-    pipe: StableDiffusionPipeline, batch: int, generator: torch.Generator | None, height: int | None = None,
+    pipe: Pipeline, batch: int, generator: torch.Generator | None, height: int | None = None,
     width: int | None = None,
 ) -> torch.Tensor:  # fmt: skip
     """z_T: Gaussian latents drawn from ``generator`` (on the generator's device, as diffusers does)."""
@@ -130,8 +195,8 @@ def guided_eps(
 ) -> torch.Tensor:  # fmt: skip
     """Classifier-free guided noise prediction: eps(z, "") + g (eps(z, c) - eps(z, ""))."""
     if uncond is None or guidance_scale <= 1.0:
-        return unet(z, t, encoder_hidden_states=cond).sample
-    both = unet(torch.cat([z, z]), t, encoder_hidden_states=torch.cat([uncond, cond])).sample
+        return unet_eps(unet, z, t, cond)
+    both = unet_eps(unet, torch.cat([z, z]), t, torch.cat([uncond, cond]))
     e_u, e_c = both.chunk(2)
     return e_u + guidance_scale * (e_c - e_u)
 
@@ -203,7 +268,7 @@ class PartialSample:
 
 
 def sample_until(
-    pipe: StableDiffusionPipeline,
+    pipe: Pipeline,
     cond: torch.Tensor,
     until: int,
     *,
@@ -231,7 +296,7 @@ def sample_until(
     return PartialSample(z_t=z, t=sched.timesteps[until], index=until, steps=steps)
 
 
-def decode(pipe: StableDiffusionPipeline, z: torch.Tensor, *, grad: bool = False) -> torch.Tensor:
+def decode(pipe: Pipeline, z: torch.Tensor, *, grad: bool = False) -> torch.Tensor:
     """Latents to images in [0, 1], ``(B, 3, H, W)`` float32; ``grad=True`` keeps the graph (classifier guidance)."""
     with torch.set_grad_enabled(grad):
         x = pipe.vae.decode(z / pipe.vae.config.scaling_factor).sample
@@ -240,7 +305,7 @@ def decode(pipe: StableDiffusionPipeline, z: torch.Tensor, *, grad: bool = False
 
 @torch.no_grad()
 def sample(
-    pipe: StableDiffusionPipeline,
+    pipe: Pipeline,
     prompts: Sequence[str],
     *,
     steps: int = 50,
@@ -258,6 +323,8 @@ def sample(
     stop_index: int | None = None,
     eps_hook: EpsHook | None = None,
     step_hook: StepHook | None = None,
+    height: int | None = None,
+    width: int | None = None,
 ) -> torch.Tensor:
     """Generate one image per prompt as ``(B, 3, H, W)`` in [0, 1] (or the final latents).
 
@@ -271,6 +338,7 @@ def sample(
     (``latents`` is then z at ``timesteps[start_index]``); ``eps_hook(z_t, t, eps, rows)`` changes the
     noise prediction and ``step_hook(z_prev, t, rows)`` the latent after each step, ``rows`` being the
     chunk's slice of ``prompts``. Hooks run under ``no_grad``; one that needs gradients enables them.
+    ``height``/``width``: the image size in pixels (the model's default size unless given), as diffusers takes them.
     """
     if len(prompts) == 0:
         raise ValueError("`prompts` is empty: pass at least one prompt to sample")
@@ -279,7 +347,7 @@ def sample(
     if not 0 <= start_index < stop <= steps:
         raise ValueError(f"`start_index` and `stop_index` must satisfy 0 <= start_index < stop_index <= steps ({steps}), "
                          f"got {start_index} and {stop_index}")  # fmt: skip
-    z_all = latents if latents is not None else initial_latents(pipe, len(prompts), generator)
+    z_all = latents if latents is not None else initial_latents(pipe, len(prompts), generator, height, width)
     neg = encode_prompts(pipe, [negative_prompt])
     out = []
     for i in range(0, len(prompts), batch_size):

@@ -21,8 +21,8 @@ from tqdm.auto import tqdm
 from unsee.concepts.inversion import encode_images, noisy_batch
 from unsee.edits import Edit
 from unsee.methods.base import TrainedUNet, select_params
-from unsee.models import fingerprint, model_source
-from unsee.sampling import encode_prompts
+from unsee.models import architecture, fingerprint, model_source
+from unsee.sampling import encode_prompts, unet_eps
 
 
 @dataclass(frozen=True)
@@ -75,8 +75,8 @@ def finetune(pipe: StableDiffusionPipeline, images: torch.Tensor, config: Finetu
     log = []
     for step in tqdm(range(config.steps), desc="fine-tuning", disable=not progress):
         x_t, t, target, idx = noisy_batch(sched, latents, config.batch_size, generator, return_index=True)
-        pred = unet(x_t.to(pipe.unet.device, pipe.unet.dtype), t.to(pipe.unet.device), conds[idx])
-        loss = torch.nn.functional.mse_loss(pred.sample.float(), target.to(pred.sample.device).float())
+        pred = unet_eps(unet, x_t.to(pipe.unet.device, pipe.unet.dtype), t.to(pipe.unet.device), conds[idx])
+        loss = torch.nn.functional.mse_loss(pred.float(), target.to(pred.device).float())
         if not torch.isfinite(loss):
             raise FloatingPointError(f"fine-tuning loss is {loss.item()} at step {step}; lower `lr` (now {config.lr})")
         opt.zero_grad(set_to_none=True)
@@ -87,4 +87,4 @@ def finetune(pipe: StableDiffusionPipeline, images: torch.Tensor, config: Finetu
     tensors = {f"unet.{n}": p.detach().float().cpu().clone() for n, p in params.items()}
     return Edit(method="finetune", config=asdict(config), concepts=(config.token,), base_fingerprint=fingerprint(pipe),
                 seed=seed, tensors=tensors, info={"seconds": time.perf_counter() - t0, "log": log},
-                base_model=model_source(pipe))  # fmt: skip
+                base_model=model_source(pipe), architecture=architecture(pipe))  # fmt: skip

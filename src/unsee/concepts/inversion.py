@@ -25,7 +25,7 @@ from unsee.checkpoints import save_atomic
 from unsee.concepts.learned import LearnedConcept, check_new_token
 from unsee.edits import Edit
 from unsee.models import fingerprint
-from unsee.sampling import encode_prompts, latent_shape
+from unsee.sampling import encode_prompts, latent_shape, unet_eps
 
 TEMPLATES: tuple[str, ...] = ("{}", "a {}", "a picture of {}", "an image of {}", "a photo of {}")
 
@@ -120,7 +120,7 @@ def denoising_loss(pipe: StableDiffusionPipeline, x_t: torch.Tensor, t: torch.Te
                    target: torch.Tensor) -> torch.Tensor:  # fmt: skip
     """|| eps_theta(x_t, t, cond) - target ||^2, the loss of equations (8) and (10)."""
     dev = pipe.unet.device
-    pred = pipe.unet(x_t.to(dev, pipe.unet.dtype), t.to(dev), encoder_hidden_states=cond).sample
+    pred = unet_eps(pipe.unet, x_t.to(dev, pipe.unet.dtype), t.to(dev), cond)
     return torch.nn.functional.mse_loss(pred.float(), target.to(dev))
 
 

@@ -23,16 +23,17 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from diffusers import StableDiffusionPipeline
 from safetensors.torch import save_file
 from torch import nn
 
 from unsee.edits import Edit
+from unsee.models import Pipeline
 
 WEIGHTS_NAME = "pytorch_lora_weights.safetensors"  # what load_lora_weights(folder) reads
 REPORT_NAME = "lora_report.json"
 # diffusers' text-encoder LoRA loader handles only CLIP's attention and MLP projections.
 TEXT_ENCODER_LAYERS = (".q_proj", ".k_proj", ".v_proj", ".out_proj", ".fc1", ".fc2")
+LORA_COMPONENTS = ("unet", "text_encoder", "text_encoder_2")  # text_encoder_2: SDXL's, which its loader also reads
 
 
 @dataclass(frozen=True)
@@ -98,7 +99,7 @@ def carriable(component: str, name: str, module: nn.Module, param: str) -> bool:
     convolution layer; in the text encoder, of the projections diffusers' loader targets."""
     if param != "weight":
         return False
-    if component == "text_encoder":
+    if component.startswith("text_encoder"):
         return isinstance(module, nn.Linear) and name.endswith(TEXT_ENCODER_LAYERS)
     return isinstance(module, nn.Linear) or (isinstance(module, nn.Conv2d) and module.groups == 1)
 
@@ -128,7 +129,7 @@ def _names(keys: list[str], at_most: int = 4) -> str:
     return ", ".join(keys[:at_most]) + more
 
 
-def export_lora(edit: Edit, base: StableDiffusionPipeline, *, rank: int, allow_dropped: bool = False,
+def export_lora(edit: Edit, base: Pipeline, *, rank: int, allow_dropped: bool = False,
                 force: bool = False) -> LoraExport:  # fmt: skip
     """The LoRA of rank ``rank`` closest to ``edit`` (made on ``base``, the model it is to be loaded into).
 
@@ -141,13 +142,15 @@ def export_lora(edit: Edit, base: StableDiffusionPipeline, *, rank: int, allow_d
     if rank < 1:
         raise ValueError(f"`rank` must be at least 1, got {rank}")
     edit.check(base, force)
-    deltas: dict[str, tuple[str, str, torch.Tensor]] = {}
+    # The deltas are taken layer by layer in float64 where they are factored: an SDXL ESD-x edit changes ~0.5B weights.
+    deltas: dict[str, tuple[str, str, torch.Tensor]] = {}  # key -> (component, module, base weight)
     dropped, unchanged = [], []
     for key in sorted(edit.tensors):
         comp, _, pname = key.partition(".")
-        if comp not in ("unet", "text_encoder"):
-            raise ValueError(f"edit tensor {key!r} belongs to no component a LoRA loads (unet, text_encoder)")
-        model = getattr(base, comp)
+        model = getattr(base, comp, None) if comp in LORA_COMPONENTS else None
+        if model is None:
+            raise ValueError(f"edit tensor {key!r} belongs to no component of `base` a LoRA loads "
+                             f"({', '.join(LORA_COMPONENTS)})")  # fmt: skip
         params = dict(model.named_parameters())
         if pname not in params:
             raise ValueError(f"edit changes {key}, which `base` does not have; it is for another architecture")
@@ -155,22 +158,21 @@ def export_lora(edit: Edit, base: StableDiffusionPipeline, *, rank: int, allow_d
         value = edit.tensors[key]
         if value.shape != p.shape:
             raise ValueError(f"edit tensor {key} has shape {tuple(value.shape)}, `base` {tuple(p.shape)}")
-        delta = value.detach().to("cpu", torch.float64) - p.detach().to("cpu", torch.float64)
-        if not delta.any():
+        if torch.equal(value.detach().to("cpu", torch.float64), p.detach().to("cpu", torch.float64)):
             unchanged.append(key)
             continue
         module_name, _, param = pname.rpartition(".")
         if not carriable(comp, module_name, model.get_submodule(module_name), param):
             dropped.append(key)
             continue
-        deltas[key] = (comp, module_name, delta)
+        deltas[key] = (comp, module_name, p)
     if dropped and not allow_dropped:
         raise ValueError(f"the edit changes {len(dropped)} tensors a LoRA cannot carry ({_names(dropped)}); a LoRA adds "
                          "only to linear and convolution weights: pass `allow_dropped=True` to export without them "
                          "(the LoRA then differs from the edit), or merge the whole edit into the model instead")  # fmt: skip
     if not deltas:
         raise ValueError("the edit changes no linear or convolution weight: there is no LoRA to export")
-    limits = {key: rank_limit(d) for key, (_, _, d) in deltas.items()}
+    limits = {key: rank_limit(w) for key, (_, _, w) in deltas.items()}
     largest = min(limits.values())
     if rank > largest:
         key = min(limits, key=limits.get)
@@ -178,7 +180,8 @@ def export_lora(edit: Edit, base: StableDiffusionPipeline, *, rank: int, allow_d
         raise ValueError(f"`rank={rank}` is larger than a LoRA of {key} ({shape}) can be; the largest rank every changed "
                          f"layer allows is {largest}")  # fmt: skip
     state, errors = {}, {}
-    for key, (comp, module_name, delta) in deltas.items():
+    for key, (comp, module_name, p) in deltas.items():
+        delta = edit.tensors[key].detach().to("cpu", torch.float64) - p.detach().to("cpu", torch.float64)
         a, b = factor(delta, rank)
         state[f"{comp}.{module_name}.lora_A.weight"] = a
         state[f"{comp}.{module_name}.lora_B.weight"] = b

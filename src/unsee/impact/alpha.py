@@ -39,7 +39,7 @@ from unsee.concepts.prompts import with_article
 from unsee.judges import Judge, group_of
 from unsee.metrics.judged import cached_prompt_images, prompt_images, weights_key
 from unsee.models import fingerprint
-from unsee.sampling import encode_prompts
+from unsee.sampling import encode_prompts, unet_eps
 
 
 def _slots(template: str) -> list[str]:
@@ -346,7 +346,7 @@ def predictors(
     d = len(t)
 
     def eps(cond: torch.Tensor) -> torch.Tensor:  # (d, C, H, W) for one prompt at every draw
-        return pipe.unet(z, t, encoder_hidden_states=cond.expand(d, -1, -1)).sample.float()
+        return unet_eps(pipe.unet, z, t, cond.expand(d, -1, -1)).float()
 
     e_empty = eps(encode_prompts(pipe, [""]))
     out: dict[str, dict[str, float]] = {p: {} for p in PREDICTORS}

@@ -24,7 +24,7 @@ from unsee.concepts.vocab import Vocabulary, build_vocabulary, model_words
 from unsee.distributed import contiguous, gather
 from unsee.edits import Edit
 from unsee.models import fingerprint
-from unsee.sampling import encode_prompts, initial_latents, sample_until
+from unsee.sampling import encode_prompts, initial_latents, sample_until, unet_eps
 
 
 def concept_prompt(name: str, template: str = "a {}") -> str:
@@ -86,7 +86,7 @@ def eps_table(pipe: StableDiffusionPipeline, cond: torch.Tensor, draws: Draws, b
         chunk = pairs[s : s + batch_size]
         ci = torch.tensor([i for i, _ in chunk])
         dj = torch.tensor([j for _, j in chunk])
-        e = pipe.unet(draws.z_t[dj].to(dev, pipe.unet.dtype), draws.t[dj].to(dev), encoder_hidden_states=cond[ci].to(dev)).sample
+        e = unet_eps(pipe.unet, draws.z_t[dj].to(dev, pipe.unet.dtype), draws.t[dj].to(dev), cond[ci].to(dev))
         out[ci, dj] = e.float().cpu()
     return out
 
@@ -179,9 +179,9 @@ def spectrum_plain_loop(pipe: StableDiffusionPipeline, edit: Edit, words: Sequen
         diffs = []
         for j in range(len(draws.t)):
             z, t = draws.z_t[j : j + 1], draws.t[j]
-            e0 = pipe.unet(z, t, encoder_hidden_states=cond).sample
+            e0 = unet_eps(pipe.unet, z, t, cond)
             undo = edit.apply(pipe, check=False)
-            e1 = pipe.unet(z, t, encoder_hidden_states=cond).sample
+            e1 = unet_eps(pipe.unet, z, t, cond)
             undo.restore()
             diffs.append(((e1 - e0) ** 2).mean())
         scores.append(-torch.stack(diffs).mean())

@@ -25,7 +25,7 @@ from unsee.concepts.vocab import adversary_candidates, build_vocabulary
 from unsee.edits import Edit
 from unsee.methods.base import MethodConfig, Run, Trainer, mse, register
 from unsee.methods.eap import gumbel_softmax
-from unsee.sampling import Learned
+from unsee.sampling import Learned, unet_eps
 
 
 @dataclass
@@ -116,7 +116,7 @@ def erase_age(pipe: StableDiffusionPipeline, concepts: Sequence[str], cfg: AGECo
         z, t = tr.draw_zt(torch.cat([c_e, c_t.detach(), c_a.detach()]))
         z_e, z_t, z_a = z.chunk(3)
         # frozen outputs, differentiable in c_t (the target's descent) and c_a (the adversary's ascent), not theta
-        e_t, e_a = tr.unet(torch.cat([z_e, z_a]), t, encoder_hidden_states=torch.cat([c_t, c_a])).sample.chunk(2)
+        e_t, e_a = unet_eps(tr.unet, torch.cat([z_e, z_a]), t, torch.cat([c_t, c_a])).chunk(2)
         e_e = tr.eps_frozen(z_e, t, c_e)
         target = e_t - cfg.eta * (e_e - e_t)
         with torch.no_grad():

@@ -23,9 +23,9 @@ from tqdm.auto import tqdm
 from unsee.checkpoints import save_atomic
 from unsee.concepts.learned import Concept, LearnedConcept, check_learned, concept_name, learned_tokens
 from unsee.edits import Edit
-from unsee.models import fingerprint, model_source
+from unsee.models import architecture, fingerprint, model_source
 from unsee.registry import Registry
-from unsee.sampling import encode_prompts, sample_until
+from unsee.sampling import encode_prompts, sample_until, unet_eps
 
 ParamSet = Literal["xattn", "noxattn", "selfattn", "full"]
 PARAM_SETS: tuple[str, ...] = ("xattn", "noxattn", "selfattn", "full")
@@ -144,7 +144,7 @@ def erase(
     edit = fn(pipe, [concept_name(c) for c in concepts], cfg,
               generator if generator is not None else torch.Generator().manual_seed(0), run=run or Run(progress=False),
               learned=learned_tokens(extra), **kw)  # fmt: skip
-    return replace(edit, base_model=model_source(pipe))  # the edit knows where its model loads from
+    return replace(edit, base_model=model_source(pipe), architecture=architecture(pipe))  # the edit knows its model
 
 
 def check_images(images: torch.Tensor | Sequence[torch.Tensor] | None, n_concepts: int,
@@ -203,10 +203,15 @@ class TrainedUNet:
     def __init__(self, unet: torch.nn.Module, params: dict[str, torch.nn.Parameter]):
         self.unet, self.params = unet, params
 
-    def __call__(self, z: torch.Tensor, t: torch.Tensor, encoder_hidden_states: torch.Tensor):
+    @property
+    def config(self):
+        """The UNet's config (:func:`unsee.sampling.unet_eps` reads what conditioning it takes)."""
+        return self.unet.config
+
+    def __call__(self, z: torch.Tensor, t: torch.Tensor, encoder_hidden_states: torch.Tensor, **kwargs: Any):
         dtype = self.unet.dtype
         over = {n: p.to(dtype) for n, p in self.params.items()}  # masters stay fp32; the forward follows the pipe
-        return functional_call(self.unet, over, (z, t), {"encoder_hidden_states": encoder_hidden_states})
+        return functional_call(self.unet, over, (z, t), {"encoder_hidden_states": encoder_hidden_states, **kwargs})
 
 
 class Trainer:
@@ -242,10 +247,10 @@ class Trainer:
     # -- model outputs -------------------------------------------------------------------
     @torch.no_grad()
     def eps_frozen(self, z: torch.Tensor, t: torch.Tensor, cond: torch.Tensor) -> torch.Tensor:
-        return self.unet(z, t, encoder_hidden_states=cond).sample
+        return unet_eps(self.unet, z, t, cond)
 
     def eps_trained(self, z: torch.Tensor, t: torch.Tensor, cond: torch.Tensor) -> torch.Tensor:
-        return self.trained(z, t, cond).sample
+        return unet_eps(self.trained, z, t, cond)
 
     def draw_concepts(self, n: int) -> torch.Tensor:
         """Indices of the erased concepts for a batch (each concept in turn when there are several)."""

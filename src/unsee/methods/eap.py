@@ -26,7 +26,7 @@ from unsee.concepts.vocab import adversary_candidates, build_vocabulary
 from unsee.edits import Edit
 from unsee.methods.base import MethodConfig, Objective, Run, Trainer, mse, register
 from unsee.methods.esd import esd_target
-from unsee.sampling import Learned
+from unsee.sampling import Learned, unet_eps
 
 PREDICTOR_DIR = Path(__file__).resolve().parent.parent / "assets" / "impact_predictor"
 
@@ -117,7 +117,7 @@ def eap_objective(pipe: StableDiffusionPipeline, tr: Trainer, cfg: EAPConfig) ->
 
     def l2_own(c_a: torch.Tensor) -> torch.Tensor:  # the preservation loss at c_a's own z_t
         z, t = tr.draw_zt(c_a.detach())
-        frozen = tr.unet(z, t, encoder_hidden_states=c_a).sample  # differentiable in c_a, not in theta
+        frozen = unet_eps(tr.unet, z, t, c_a)  # differentiable in c_a, not in theta
         return mse(tr.eps_trained(z, t, c_a), frozen)
 
     def step(i: int) -> dict[str, torch.Tensor]:
@@ -135,7 +135,7 @@ def eap_objective(pipe: StableDiffusionPipeline, tr: Trainer, cfg: EAPConfig) ->
         else:
             z_e, t = tr.draw_zt(c_e)
             z_a = z_e
-        frozen_a = tr.unet(z_a, t, encoder_hidden_states=c_a).sample  # differentiable in c_a, not in theta
+        frozen_a = unet_eps(tr.unet, z_a, t, c_a)  # differentiable in c_a, not in theta
         out_e, out_a = tr.eps_trained(torch.cat([z_e, z_a]), t, torch.cat([c_e, c_a])).chunk(2)  # one batched pass
         l1, l2 = mse(out_e, esd_target(tr, z_e, t, c_e)), mse(out_a, frozen_a)
         if i % 10 == 0:

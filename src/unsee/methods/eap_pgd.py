@@ -17,7 +17,7 @@ from unsee.concepts.vocab import build_vocabulary
 from unsee.edits import Edit
 from unsee.methods.base import MethodConfig, Run, Trainer, mse, register
 from unsee.methods.esd import esd_target
-from unsee.sampling import Learned
+from unsee.sampling import Learned, unet_eps
 
 
 @dataclass
@@ -45,7 +45,7 @@ def erase_eap_pgd(pipe: StableDiffusionPipeline, concepts: Sequence[str], cfg: E
         idx = tr.draw_concepts(cfg.batch_size)
         c_e, ca = tr.c_e[idx], c_a[idx]
         z, t = tr.draw_zt(c_e)
-        frozen = tr.unet(z, t, encoder_hidden_states=ca).sample  # differentiable in c_a, not in theta
+        frozen = unet_eps(tr.unet, z, t, ca)  # differentiable in c_a, not in theta
         out_e, out_a = tr.eps_trained(torch.cat([z, z]), t, torch.cat([c_e, ca])).chunk(2)  # one batched pass
         l1, l2 = mse(out_e, esd_target(tr, z, t, c_e)), mse(out_a, frozen)
         if i % 10 == 0:
