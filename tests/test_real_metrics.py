@@ -288,3 +288,25 @@ def test_evaluate_a_20_prompt_i2p_csv_with_nudenet_resumes_and_samples_only_new_
     with out.with_suffix(".csv").open() as f:
         per2 = list(csv.DictReader(f))
     assert per2[:20] == per and len(per2) == 23  # the first 20 rows read back from the cache
+
+
+def test_a_coco_caption_csv_scored_by_clip_and_a_classifier_through_the_cli(tmp_path, clip_folder):
+    from transformers import ConvNextImageProcessor, ResNetConfig, ResNetForImageClassification
+
+    coco = tmp_path / "coco.csv"
+    coco.write_text("case_number,image_id,id,caption,evaluation_seed\n0,9,1,a red circle,5\n1,9,2,a blue square,6\n")
+    labels = ["circle", "square"]
+    cfg = ResNetConfig(embedding_size=8, hidden_sizes=[8, 8], depths=[1, 1], layer_type="basic", num_labels=2,
+                       id2label=dict(enumerate(labels)), label2id={n: i for i, n in enumerate(labels)})  # fmt: skip
+    ResNetForImageClassification(cfg).save_pretrained(tmp_path / "cls")
+    ConvNextImageProcessor(size={"shortest_edge": 32}).save_pretrained(tmp_path / "cls")
+    out = tmp_path / "coco_eval.json"
+    assert main(["evaluate", "--prompts", str(coco), "--metric", "clip,classifier", "--clip-model", str(clip_folder),
+                 "--classifier-model", str(tmp_path / "cls"), "--classifier-label", "circle", "--n", "2",
+                 "--out", str(out)]) == 0  # fmt: skip
+    report = json.loads(out.read_text())
+    assert {"CLIP score", "top1 circle", "top2 circle"} <= set(report["summary"]) and report["sampling"]["n"] == 2
+    with out.with_suffix(".csv").open() as f:
+        per = list(csv.DictReader(f))
+    assert [r["prompt"] for r in per] == ["a red circle", "a blue square"] and [r["seed"] for r in per] == ["5", "6"]
+    assert {"clip_score", "classifier_top1", "top1 circle"} <= set(per[0])

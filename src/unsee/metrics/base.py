@@ -87,8 +87,3 @@ def local_path(value: str | None, param: str, what: str, *, folder: bool) -> Pat
     if not folder and path.is_dir():
         raise ValueError(f"{path} is a folder, not the {what} file: pass the file as `{param}`")
     return path
-
-
-def per_image_mean(values: Sequence[Sequence[float]]) -> list[float]:
-    """The mean of each prompt's per-image values."""
-    return [sum(v) / len(v) for v in values]
