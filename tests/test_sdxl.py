@@ -87,10 +87,10 @@ def test_esd_erases_on_sdxl_and_the_edit_knows_its_model(xl_pipe, tmp_path):
 
 def test_an_sdxl_edit_refuses_an_sd1_pipeline_and_back(xl_pipe, tiny_pipe):
     xl_edit = esd_edit(xl_pipe, iterations=1)
+    want = (r"^this edit was made on an SDXL model \(StableDiffusionXLPipeline, cross-attention 64\), not on an SD 1\.x "
+            r"model \(StableDiffusionPipeline, cross-attention 32\); pass the pipeline of the model it was made on$")  # fmt: skip
     for force in (False, True):  # forcing skips the fingerprint, not the family
-        with pytest.raises(ValueError, match=r"^this edit was made on an SDXL model \(StableDiffusionXLPipeline, "
-                                             r"cross-attention 64\), not on an SD 1\.x model \(StableDiffusionPipeline, "
-                                             r"cross-attention 32\); pass the pipeline of the model it was made on$"):  # fmt: skip
+        with pytest.raises(ValueError, match=want):
             xl_edit.apply(tiny_pipe, force=force)
     sd_edit = esd_edit(tiny_pipe, iterations=1)
     with pytest.raises(ValueError, match=r"^this edit was made on an SD 1\.x model .* not on an SDXL model") as err:
@@ -136,3 +136,12 @@ def test_an_sdxl_edit_exports_a_lora_the_sdxl_pipeline_loads(xl_pipe, tmp_path):
     xl_pipe.unload_lora_weights()
     got = dict(xl_pipe.unet.named_parameters())
     assert max((got[f"{n}.weight"].double() - w).abs().max().item() for n, w in want.items()) < 1e-6
+
+
+def test_uce_edits_sdxl_cross_attention_in_closed_form(xl_pipe):
+    # UCE reads the hidden states that enter cross-attention: the packed conditioning without its pooled token
+    edit = unsee.methods.erase(xl_pipe, "circle", unsee.methods.make_config("uce"))
+    assert edit.tensors and all(k.endswith((".to_k.weight", ".to_v.weight")) for k in edit.tensors)
+    own = dict(xl_pipe.unet.named_parameters())
+    assert all(v.shape == own[k.removeprefix("unet.")].shape for k, v in edit.tensors.items())
+    assert any(not torch.equal(v, own[k.removeprefix("unet.")]) for k, v in edit.tensors.items())

@@ -278,18 +278,20 @@ def sample_until(
     latents: torch.Tensor | None = None,
     uncond: torch.Tensor | None = None,
     unet: torch.nn.Module | None = None,
+    height: int | None = None,
+    width: int | None = None,
 ) -> PartialSample:
     """Run ``until`` of ``steps`` DDIM steps (eta 0) from z_T and return z_t with its timestep.
 
     ``unet`` defaults to the pipeline's; erasure passes the model being trained. ``until = 0``
-    returns z_T itself at the first timestep.
+    returns z_T itself at the first timestep. ``height``/``width`` (pixels) size a z_T drawn here.
     """
     unet = unet or pipe.unet
     check_sampling(steps, guidance_scale)
     if not 0 <= until < steps:
         raise ValueError(f"until must be in [0, {steps}), got {until}")
     sched = ddim(pipe, steps)
-    z = latents if latents is not None else initial_latents(pipe, cond.shape[0], generator)
+    z = latents if latents is not None else initial_latents(pipe, cond.shape[0], generator, height, width)
     if uncond is None and guidance_scale > 1.0:
         uncond = encode_prompts(pipe, [""]).expand(cond.shape[0], -1, -1)
     z = denoise(unet, sched, z, cond, uncond, guidance_scale, sched.timesteps[:until])
@@ -297,9 +299,32 @@ def sample_until(
 
 
 def decode(pipe: Pipeline, z: torch.Tensor, *, grad: bool = False) -> torch.Tensor:
-    """Latents to images in [0, 1], ``(B, 3, H, W)`` float32; ``grad=True`` keeps the graph (classifier guidance)."""
-    with torch.set_grad_enabled(grad):
-        x = pipe.vae.decode(z / pipe.vae.config.scaling_factor).sample
+    """Latents to images in [0, 1], ``(B, 3, H, W)`` float32; ``grad=True`` keeps the graph (classifier guidance).
+
+    For SDXL as its pipeline decodes: latents un-normalised by the VAE's ``latents_mean``/``latents_std`` when its
+    config has them, and an fp16 VAE marked ``force_upcast`` (SDXL's overflows in fp16) run in fp32 for the call.
+    """
+    vae, cfg = pipe.vae, pipe.vae.config
+    if not is_xl(pipe):
+        with torch.set_grad_enabled(grad):
+            x = vae.decode(z / cfg.scaling_factor).sample
+        return (x.float() / 2 + 0.5).clamp(0, 1)
+    upcast = vae.dtype == torch.float16 and cfg.get("force_upcast", False)
+    if upcast:
+        vae.to(dtype=torch.float32)
+    z = z.to(vae.dtype)
+    if cfg.get("latents_mean") is not None and cfg.get("latents_std") is not None:
+        mean = torch.tensor(cfg.latents_mean).view(1, -1, 1, 1).to(z.device, z.dtype)
+        std = torch.tensor(cfg.latents_std).view(1, -1, 1, 1).to(z.device, z.dtype)
+        z = z * std / cfg.scaling_factor + mean
+    else:
+        z = z / cfg.scaling_factor
+    try:
+        with torch.set_grad_enabled(grad):
+            x = vae.decode(z).sample
+    finally:
+        if upcast:
+            vae.to(dtype=torch.float16)
     return (x.float() / 2 + 0.5).clamp(0, 1)
 
 

@@ -29,7 +29,7 @@ from diffusers import StableDiffusionPipeline
 from unsee.edits import Edit
 from unsee.methods.base import EraseConfig, Run, check_concepts, register
 from unsee.models import fingerprint
-from unsee.sampling import Learned, encode_text, tokenize_learned
+from unsee.sampling import Learned, encode_prompts, tokenize_learned
 
 
 @dataclass
@@ -77,7 +77,7 @@ def concept_rows(pipe: StableDiffusionPipeline, prompts: Sequence[str], position
     most ``length`` of them): ``(k, D)`` rows in fp32."""
     ids, _ = tokenize_learned(pipe.tokenizer, prompts, learned)
     with torch.no_grad():
-        hidden = encode_text(pipe.tokenizer, pipe.text_encoder, prompts, learned).float()
+        hidden = encode_prompts(pipe, prompts, learned).float()[:, : ids.shape[1]]  # SDXL: without the pooled token
     eos = pipe.tokenizer.eos_token_id
     out = []
     for row, h in zip(ids, hidden):
