@@ -105,7 +105,7 @@ def test_report_on_the_demo_erasure_renders_in_headless_chromium(demo, tmp_path,
     assert all(src.startswith("data:image/png;base64,") for src in re.findall(r'\ssrc="([^"]*)"', html))
     assert not re.search(r"(href|src)=\"?(https?:|//)|url\(|@import", html), "the page asks for nothing outside itself"
 
-    dom = Tables(chromium(page, tmp_path / "profile", "--dump-dom").stdout)
+    dom = Tables(chromium(page, tmp_path / "profile", "--virtual-time-budget=5000", "--dump-dom").stdout)  # after "load"
     # every image decoded: the page's own script marks each one once loaded
     assert len(dom.images) == 4  # before/after, the attack's grid, spectrum.png, extremes.png
     assert all(im.get("data-decoded") == "yes" for im in dom.images), dom.images
@@ -235,7 +235,8 @@ def test_the_verdict_comes_from_the_numbers():
     attacked = ev(0.99, 0.9, attacks={"circle": {"token-search": {"asr": 0.5}}})
     v = verdict([ev(0.99, 0.9), attacked], [held], concepts=["circle"])
     assert v.level == "review" and v.figures["attacked"] == ("worst ASR (token-search)", 0.5)
-    assert verdict([ev(0.99, 0.9, flagged=["circle"])], [held], concepts=["circle"]).level == "review"
+    v = verdict([ev(0.99, 0.9, flagged=["circle"], per_class={"circle": {"agreement": 0.5}})], [held], concepts=["circle"])
+    assert v.level == "review" and "the two judges seldom agree on circle (50% of its images)" in v.headline
     assert verdict([], []).level == "unknown"
     # the style protocol's names
     style = {"edit": "e", "protocol": "style", "scores": {"ESR": 0.97, "other_styles_top1": 0.9, "objects_top1": 0.95}}

@@ -125,9 +125,12 @@ def verdict(
         else:
             checks.append(Check(v >= psr_floor, f"other concepts are kept in {pct(v)} of their images ({k}; floor "
                                                 f"{psr_floor:.0%}; no base-model evaluation given to compare with)"))  # fmt: skip
-    flagged = sorted({c for ev in evaluations for c in ev.get("flagged", []) if c in concepts})
-    if flagged:
-        checks.append(Check(False, f"the two judges disagree on {', '.join(flagged)}: its numbers are not to be trusted"))
+    agree = {c: ev.get("per_class", {}).get(c, {}).get("agreement") for ev in evaluations for c in ev.get("flagged", [])
+             if c in concepts}  # fmt: skip
+    if agree:
+        how = ", ".join(f"{c} ({a:.0%} of its images)" if isinstance(a, int | float) else c for c, a in agree.items())
+        checks.append(Check(False, f"the two judges seldom agree on {how}, below the evaluation's floor: read its ESR "
+                                   "with care"))  # fmt: skip
     rows = attack_rows(evaluations, attacks)
     if rows:
         worst = max(rows, key=lambda r: r["asr"])
@@ -299,7 +302,7 @@ def _short(v: Any, limit: int = 120) -> str:
     return s if len(s) <= limit else s[: limit - 1] + "…"
 
 
-def loss_svg(log: Sequence[Mapping[str, Any]], width: int = 640, height: int = 170) -> str:
+def loss_svg(log: Sequence[Mapping[str, Any]], width: int = 540, height: int = 190) -> str:
     """The training log (``edit.json`` info.log: iteration and losses) as an inline SVG line chart."""
     its = [r["iteration"] for r in log if isinstance(r.get("iteration"), int | float)]
     keys = [k for k in dict.fromkeys(k for r in log for k in r) if k != "iteration"]
@@ -310,7 +313,7 @@ def loss_svg(log: Sequence[Mapping[str, Any]], width: int = 640, height: int = 1
         return ""
     lo = min(y for v in series.values() for _, y in v)
     hi = max(y for v in series.values() for _, y in v)
-    x0, x1, pad = min(its), max(its), 36
+    x0, x1, pad = min(its), max(its), 60
     sx = lambda x: pad + (x - x0) / ((x1 - x0) or 1) * (width - pad - 8)  # noqa: E731
     sy = lambda y: 8 + (hi - y) / ((hi - lo) or 1) * (height - 30)  # noqa: E731
     colours = ["#2f5fb3", "#c0392b", "#1f7a44", "#8a5a00", "#7d3c98"]
