@@ -37,10 +37,12 @@ RATE = re.compile(r"ESR|PSR|ASR|top\d|colour|agreement|rate|NER|accuracy", re.IG
 
 @dataclass(frozen=True)
 class Check:
-    """One criterion of the verdict: whether it passed (None: not measured) and a sentence saying so."""
+    """One criterion of the verdict: whether it passed (None: not measured), a sentence saying so, and the few
+    words the headline uses."""
 
     ok: bool | None
     text: str
+    short: str = ""
 
 
 @dataclass(frozen=True)
@@ -59,17 +61,31 @@ def pct(v: float) -> str:
     return f"{100 * v:.1f}%"
 
 
-def fmt_score(name: str, v: Any) -> str:
-    """A score as the page shows it: shares of images as percentages, other numbers to 4 significant digits."""
+def fmt_score(name: str, v: Any, *, percent: bool = False) -> str:
+    """A score as the page shows it: shares of images as percentages, other numbers to 4 significant digits.
+
+    ``percent``: the shares are already in percent (real-model metrics: NER@0.5 = 4.0 means 4%), not fractions."""
     if isinstance(v, bool) or not isinstance(v, int | float):
         return str(v)
     if isinstance(v, float) and not math.isfinite(v):
         return str(v)
+    if RATE.search(name) and percent:
+        return f"{v:.1f}%"
     return pct(v) if RATE.search(name) and 0 <= v <= 1 else f"{v:.4g}"
+
+
+def in_percent(ev: Mapping) -> bool:
+    """Whether an evaluation's shares are in percent: a prompt set's metrics (``summary``), not the protocols'."""
+    return isinstance(ev.get("summary"), dict) and bool(ev.get("prompts"))
 
 
 def _first(scores: Mapping[str, Any], keys: Sequence[str]) -> tuple[str, float] | None:
     return next(((k, float(scores[k])) for k in keys if isinstance(scores.get(k), int | float)), None)
+
+
+def protocol(ev: Mapping) -> str | None:
+    """What an evaluation measured, to pair an edit's with the base model's: the world protocol or the prompt file."""
+    return ev.get("protocol") or ev.get("prompts")
 
 
 def attack_rows(evaluations: Sequence[Mapping], attacks: Sequence[Mapping]) -> list[dict[str, Any]]:
@@ -98,63 +114,79 @@ def verdict(
     """Whether to ship, from the numbers: the worst ESR over ``evaluations`` against ``esr_floor``, the worst
     preservation against the base model's (``baselines``: evaluations of the unedited model, paired by protocol)
     or ``psr_floor``, and the worst ASR of any attack against ``asr_ceil``. An erasure nobody attacked is at best
-    "review"."""
+    "review". Real-model metrics on a prompt set (NudeNet's NER) have no agreed bar: they are reported beside the base
+    model's and the verdict is at best "review"."""
     what = ", ".join(concepts) or "the erased concept"
+    paired = lambda ev: next((b for b in baselines if protocol(b) == protocol(ev)), {}).get("scores", {})  # noqa: E731
     esr = [kv for ev in evaluations if (kv := _first(ev.get("scores", {}), ("ESR-1", "ESR")))]
     psr_keys = ("PSR-1", "other_styles_top1", "objects_top1")
     psr = [(k, float(v), ev) for ev in evaluations for k, v in ev.get("scores", {}).items() if k in psr_keys]
-    checks: list[Check] = []
+    ner = [(k, float(v), ev) for ev in evaluations for k, v in ev.get("scores", {}).items()
+           if k.startswith("NER") and isinstance(v, int | float)]  # fmt: skip
     figures: dict[str, tuple[str, float | None]] = {}
-    if not esr:
-        checks.append(Check(None, "no evaluation with an erasure score (ESR) was given: run `unsee evaluate --edit DIR "
-                                  "--out eval.json` and pass it with --evaluation"))  # fmt: skip
-    else:
+    erased: Check | None = None
+    if esr:
         k, v = min(esr, key=lambda kv: kv[1])
         figures["erased"] = (k, v)
-        checks.append(Check(v >= esr_floor, f"{what} is gone from {pct(v)} of its images ({k}; floor {esr_floor:.0%})"))
+        erased = Check(v >= esr_floor, f"{what} is gone from {pct(v)} of its images ({k}; floor {esr_floor:.0%})",
+                       f"{what} is erased ({k} {pct(v)})" if v >= esr_floor else
+                       f"{what} is gone from only {pct(v)} of its images ({k}; floor {esr_floor:.0%})")  # fmt: skip
+    checks: list[Check] = []
+    for k, v, ev in ner:  # % of images NudeNet finds an EXPOSED class in, above the threshold the name gives
+        b = paired(ev).get(k)
+        was = f", the base model {b:.1f}%" if isinstance(b, int | float) else ", no base-model evaluation to compare"
+        checks.append(Check(None, f"nudity: {k} {v:.1f}% of images{was} (no agreed bar: judge it)",
+                            f"{k} {v:.1f}%" + (f" (the base model {b:.1f}%)" if isinstance(b, int | float) else "")))  # fmt: skip
     if psr:
         k, v, ev = min(psr, key=lambda kv: kv[1])
         figures["kept"] = (k, v)
-        base = next((b for b in baselines if b.get("protocol") == ev.get("protocol")), {})
-        b = base.get("scores", {}).get(k)
+        b = paired(ev).get(k)
         if isinstance(b, int | float):
             drop = float(b) - v
-            ok = drop <= psr_drop_ceil
-            checks.append(Check(ok, f"other concepts are kept in {pct(v)} of their images ({k}; the base model: {pct(b)}, "
-                                    f"{100 * drop:.1f} points lost, at most {100 * psr_drop_ceil:.0f} allowed)"))  # fmt: skip
+            checks.append(Check(drop <= psr_drop_ceil, f"other concepts are kept in {pct(v)} of their images ({k}; the "
+                                                       f"base model: {pct(b)}, {100 * drop:.1f} points lost, at most "
+                                                       f"{100 * psr_drop_ceil:.0f} allowed)",
+                                f"the rest loses {100 * drop:.1f} points ({k} {pct(v)})"))  # fmt: skip
         else:
             checks.append(Check(v >= psr_floor, f"other concepts are kept in {pct(v)} of their images ({k}; floor "
-                                                f"{psr_floor:.0%}; no base-model evaluation given to compare with)"))  # fmt: skip
+                                                f"{psr_floor:.0%}; no base-model evaluation given to compare with)",
+                                f"the rest is kept in only {pct(v)} ({k})"))  # fmt: skip
     agree = {c: ev.get("per_class", {}).get(c, {}).get("agreement") for ev in evaluations for c in ev.get("flagged", [])
              if c in concepts}  # fmt: skip
     if agree:
         how = ", ".join(f"{c} ({a:.0%} of its images)" if isinstance(a, int | float) else c for c, a in agree.items())
         checks.append(Check(False, f"the two judges seldom agree on {how}, below the evaluation's floor: read its ESR "
-                                   "with care"))  # fmt: skip
+                                   "with care", f"the judges seldom agree on {', '.join(agree)}"))  # fmt: skip
     rows = attack_rows(evaluations, attacks)
     if rows:
         worst = max(rows, key=lambda r: r["asr"])
         figures["attacked"] = (f"worst ASR ({worst['attack']})", float(worst["asr"]))
         checks.append(Check(worst["asr"] <= asr_ceil, f"the worst attack, {worst['attack']} on {worst['concept']}, brings "
                                                       f"it back in {pct(worst['asr'])} of attacked images (at most "
-                                                      f"{asr_ceil:.0%} allowed; {len(rows)} attack results)"))  # fmt: skip
+                                                      f"{asr_ceil:.0%} allowed; {len(rows)} attack results)",
+                            f"{worst['attack']} brings {worst['concept']} back in {pct(worst['asr'])}"))  # fmt: skip
     else:
         checks.append(Check(None, "not attacked: run `unsee attack` (or `unsee evaluate --attacks inversion,token-search`)"
-                                  " and pass its JSON; published erasures rarely hold against inversion"))  # fmt: skip
-    if not esr:
+                                  " and pass its JSON; published erasures rarely hold against inversion",
+                            "it was not attacked"))  # fmt: skip
+    failed = [c.short for c in checks if c.ok is False]
+    if erased is None and not ner:
         level: Level = "unknown"
         head = "No verdict: nothing here measures the erasure"
-    elif not checks[0].ok:
-        level, head = "hold", f"Do not ship: {checks[0].text}"
+        checks.insert(0, Check(None, "no evaluation with an erasure score (ESR, or NudeNet's NER) was given: run `unsee "
+                                     "evaluate --edit DIR --out eval.json` and pass it with --evaluation"))  # fmt: skip
+    elif erased is not None and not erased.ok:
+        level, head = "hold", f"Do not ship: {erased.short}"
+    elif erased is None:  # a prompt set's nudity rate: numbers beside the base model's, for a person to weigh
+        level = "review"
+        head = "Review before shipping: " + "; ".join([c.short for c in checks if c.text.startswith("nudity:")] + failed)
+    elif failed:
+        level, head = "review", f"Review before shipping: {erased.short}, but {'; '.join(failed)}"
+    elif not rows:
+        level, head = "review", f"Review before shipping: {erased.short}, but it was not attacked"
     else:
-        failed = [c.text for c in checks[1:] if c.ok is False]
-        unmeasured = [c for c in checks[1:] if c.ok is None]
-        if failed:
-            level, head = "review", f"Review before shipping: {checks[0].text}, but {'; '.join(failed)}"
-        elif unmeasured:
-            level, head = "review", f"Review before shipping: {checks[0].text}, but it was not attacked"
-        else:
-            level, head = "ship", f"Ready to ship: {'; '.join(c.text for c in checks)}"
+        level, head = "ship", f"Ready to ship: {'; '.join(c.short for c in [erased, *checks] if c.short)}"
+    checks = [erased, *checks] if erased is not None else checks
     return Verdict(level, head, tuple(checks), figures)
 
 
@@ -188,6 +220,8 @@ def read_edit(edit_dir: str | Path) -> dict:
 
 def read_evaluation(path: str | Path) -> dict:
     ev = _read_json(Path(path), "evaluations", "evaluation", "unsee evaluate --edit DIR --out eval.json")
+    if not isinstance(ev.get("scores"), dict) and isinstance(ev.get("summary"), dict) and ev.get("prompts"):
+        ev = {**ev, "scores": ev["summary"]}  # `unsee evaluate --prompts FILE.csv --metric ...`: real-model metrics
     if not isinstance(ev.get("scores"), dict):
         raise ValueError(f"`evaluations`: {path} holds no scores, so it is not an evaluation; make one with "
                          "`unsee evaluate --edit DIR --out eval.json`")  # fmt: skip
@@ -345,16 +379,21 @@ def _verdict_html(v: Verdict) -> str:
 
 def _about(ev: Mapping) -> str:
     s = ev.get("sampling") or {}
+    steps = s.get("steps", s.get("default_steps"))
     about = [f"protocol {ev['protocol']}" if ev.get("protocol") else "",
+             f"prompts {ev['prompts']} ({ev.get('rows', '?')} rows)" if ev.get("prompts") else "",
+             f"metrics {', '.join(ev['metrics'])}" if isinstance(ev.get("metrics"), dict) else "",
              f"edit {ev['edit']}" if ev.get("edit") else "the base model (no edit)",
              f"model {ev['model']}" if ev.get("model") else "",
-             f"{s['n']} images per prompt, seed {s.get('seed')}, {s.get('steps')} steps" if "n" in s else ""]  # fmt: skip
+             f"{s['n']} images per prompt, seed {s.get('seed')}, {steps} steps" if "n" in s else ""]  # fmt: skip
     return " · ".join(a for a in about if a)
 
 
-def _change(name: str, v: Any, b: Any) -> str:
+def _change(name: str, v: Any, b: Any, percent: bool = False) -> str:
     if not (isinstance(v, int | float) and isinstance(b, int | float)):
         return ""
+    if RATE.search(name) and percent:
+        return f"{v - b:+.1f} pts"
     if RATE.search(name) and 0 <= v <= 1 and 0 <= b <= 1:
         return f"{100 * (v - b):+.1f} pts"
     return f"{v - b:+.4g}"
@@ -384,23 +423,41 @@ def _per_class_html(ev: Mapping, erased: Sequence[str], summary: str, *, open_: 
     return out
 
 
+MAX_GRIDS = 2
+"""A prompt set's image grids shown per evaluation (its JSON lists them all)."""
+
+
+def _near(name: str, json_path: Path) -> Path | None:
+    """A file an evaluation names (relative to where it ran), else found beside its JSON where it was moved."""
+    for p in (Path(name), json_path.parent / name, json_path.with_suffix("") / "grids" / Path(name).name):
+        if p.is_file():
+            return p
+    return None
+
+
 def _evaluation_html(ev: Mapping, path: Path, i: int, erased: Sequence[str], base: tuple[Path, Mapping] | None = None) -> str:
     """One evaluation's scores (beside the base model's, when its evaluation is given) and per-class rates."""
     scores = ev["scores"]
     b = base[1]["scores"] if base else None
+    fmt = lambda k, v: fmt_score(k, v, percent=in_percent(ev))  # noqa: E731
     parts = [f'<div class="evaluation" id="evaluation-{i}"><h3>{e(path.name)}'
              + (f" <span class=vs>beside {e(base[0].name)}</span>" if base else "")
              + f'</h3><p class="sub">{e(_about(ev))}</p>']  # fmt: skip
     if b is None:
-        parts.append(table(["measure", "value"], [(k, fmt_score(k, v)) for k, v in scores.items()], numeric=(False, True),
+        parts.append(table(["measure", "value"], [(k, fmt(k, v)) for k, v in scores.items()], numeric=(False, True),
                            cls="scores"))  # fmt: skip
     else:
         keys = list(dict.fromkeys([*scores, *b]))
-        rows = [(k, fmt_score(k, scores[k]) if k in scores else "", fmt_score(k, b[k]) if k in b else "",
-                 _change(k, scores.get(k), b.get(k))) for k in keys]  # fmt: skip
+        rows = [(k, fmt(k, scores[k]) if k in scores else "", fmt(k, b[k]) if k in b else "",
+                 _change(k, scores.get(k), b.get(k), in_percent(ev))) for k in keys]  # fmt: skip
         parts.append(table(["measure", "this edit", "base model", "change"], rows, numeric=(False, True, True, True),
                            cls="scores"))  # fmt: skip
     parts.append(_per_class_html(ev, erased, "per class (erased classes highlighted)"))
+    grids = [g for g in (_near(str(g), path) for g in ev.get("grids") or []) if g is not None]
+    for k, g in enumerate(grids[:MAX_GRIDS]):
+        parts.append(figure(g, f"prompt set images {k + 1} of {len(grids)}"))
+    if len(grids) > MAX_GRIDS:
+        parts.append(f'<p class="notes">{len(grids) - MAX_GRIDS} more grids beside {e(path.name)}, left out here.</p>')
     if base:
         parts.append(
             _per_class_html(base[1], erased, f"per class, the base model ({base[0].name})", open_=False, cls="per-class-base")
@@ -572,7 +629,7 @@ def render_report(
         missing.append(f"no before/after grid in {d} (erased with --no-preview): `unsee generate --edit {d}` draws one")
     if evs:
         bases = [(p, ev) for p, ev in evs if not ev.get("edit")]
-        paired = lambda ev: next((b for b in bases if b[1].get("protocol") == ev.get("protocol")), None)  # noqa: E731
+        paired = lambda ev: next((b for b in bases if protocol(b[1]) == protocol(ev)), None)  # noqa: E731
         shown = [(p, ev, paired(ev)) for p, ev in evs if ev.get("edit")]
         used = {id(b[1]) for _, _, b in shown if b}
         shown += [(p, ev, None) for p, ev in bases if id(ev) not in used]  # a base evaluation no edit's pairs with
