@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from unsee import __version__
+from unsee.report import add_parser as _add_report
 
 if TYPE_CHECKING:
     from unsee.world.mini import MiniConfig
@@ -864,8 +865,88 @@ def _add_protect(sub: argparse._SubParsersAction) -> None:
     pr.set_defaults(func=_protect)
 
 
+# evaluate --prompts: the flags that fill metric settings (a metric takes those its config has).
+METRIC_FLAGS = ("nudenet_model", "clip_model", "fid_inception", "fid_reference", "lpips_weights", "classifier_model",
+                "classifier_labels")  # fmt: skip
+
+
+def _evaluate_prompts(args: argparse.Namespace) -> None:
+    """`unsee evaluate --prompts FILE.csv --metric ...`: real-model metrics on a prompt set (JSON, per-prompt CSV, grids)."""
+    import dataclasses
+    import json
+
+    import torch
+
+    from unsee.distributed import is_main_process
+    from unsee.edits import Edit
+    from unsee.images import image_grid
+    from unsee.metrics.base import load_metric, metric_config, metrics
+    from unsee.metrics.judged import weights_key
+    from unsee.metrics.prompt_sets import read_prompt_csv, sample_rows, score_rows, settings, write_per_prompt
+    from unsee.models import fingerprint, load_pipeline, sampling_defaults
+
+    names = list(dict.fromkeys(m.strip() for m in (args.metric or "").split(",") if m.strip()))
+    if not names:
+        raise ValueError(f"--prompts is scored by real-model metrics: pass --metric, e.g. nudenet,clip "
+                         f"(available: {', '.join(metrics())})")  # fmt: skip
+    configs = {}
+    for name in names:
+        fields = {f.name for f in dataclasses.fields(metric_config(name))}
+        given = {k: getattr(args, k) for k in METRIC_FLAGS if k in fields and getattr(args, k) is not None}
+        configs[name] = metric_config(name, **{k: tuple(v) if isinstance(v, list) else v for k, v in given.items()})
+    rows = read_prompt_csv(args.prompts, prompt_column=args.prompt_column, seed_column=args.seed_column,
+                           guidance_column=args.guidance_column, steps_column=args.steps_column, seed=args.seed,
+                           limit=args.limit)  # fmt: skip
+    loaded = {name: load_metric(c) for name, c in configs.items()}  # a missing weights file stops before any sampling
+    pipe = load_pipeline(args.model)
+    n = 1 if args.n is None else args.n
+    out = Path(args.out)
+    run = out.with_suffix("")
+    base = None
+    if any(m.needs_base for m in loaded.values()):
+        base = sample_rows(pipe, rows, run / "cache", n=n, batch_size=args.batch_size, progress=True)
+    if args.edit:
+        Edit.load(args.edit).apply(pipe, force=args.force)
+    key = weights_key(pipe)
+    images = sample_rows(pipe, rows, run / "cache", n=n, batch_size=args.batch_size, progress=True, model_key=key)
+    summary, per_prompt = score_rows(rows, images, loaded, base)
+    for r, d in zip(rows, per_prompt):
+        d["steps"], d["guidance_scale"] = settings(pipe, r)
+    dflt = sampling_defaults(pipe)
+    report = {"model": args.model, "edit": args.edit, "prompts": str(args.prompts), "rows": len(rows), "summary": summary,
+              "metrics": {name: c.to_dict() for name, c in configs.items()},
+              "sampling": {"n": n, "seed": args.seed, "default_steps": dflt.steps, "default_guidance_scale": dflt.guidance_scale,
+                           "size": pipe.unet.config.sample_size * pipe.vae_scale_factor, "batch_size": args.batch_size},
+              "columns": {"prompt": args.prompt_column, "seed": args.seed_column, "guidance": args.guidance_column,
+                          "steps": args.steps_column},
+              "fingerprint": fingerprint(pipe), "weights_key": key,
+              "per_prompt_csv": str(out.with_suffix(".csv")), "grids": []}  # fmt: skip
+    if not is_main_process():  # under accelerate every process holds the whole report; one writes it
+        return
+    (run / "grids").mkdir(parents=True, exist_ok=True)
+    shown = [k for k in per_prompt[0] if k not in ("index", "case_number", "prompt", "seed", "steps", "guidance_scale")]
+    shown = [k for k in shown if isinstance(per_prompt[0][k], float)][:2]
+    per_grid = 32
+    for g in range(0, len(rows), per_grid):
+        chunk = range(g, min(g + per_grid, len(rows)))
+        labels = [f"{per_prompt[i]['case_number']}: {rows[i].prompt[:60]}"
+                  + "".join(f" | {k} {per_prompt[i][k]:.2f}" for k in shown) for i in chunk]  # fmt: skip
+        path = run / "grids" / f"grid_{g // per_grid:03d}.png"
+        image_grid(torch.stack([images[i][0] for i in chunk]), labels, cols=8, cell=128).save(path)
+        report["grids"].append(str(path))
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.with_suffix(".json").write_text(json.dumps(report, indent=2))
+    write_per_prompt(out.with_suffix(".csv"), per_prompt)
+    lines = [f"# {args.prompts}: {args.edit or args.model} ({len(rows)} prompts x {n})", "", "| metric | value |", "|---|---|",
+             *[f"| {k} | {v:.2f} |" for k, v in summary.items()], "",
+             f"per prompt: {out.with_suffix('.csv')}; grids: {run / 'grids'}"]  # fmt: skip
+    print("\n".join(lines))
+
+
 def _evaluate(args: argparse.Namespace) -> None:
     _edit_model(args, [args.edit] if args.edit else [])
+    if args.prompts is not None:
+        return _evaluate_prompts(args)
     import json
 
     from unsee.edits import Edit
@@ -880,7 +961,7 @@ def _evaluate(args: argparse.Namespace) -> None:
     oracle = load_oracle()
     check = None if args.no_check else load_judge2()
     d = sampling_defaults(args.model)
-    s = Sampling(n=args.n, seed=args.seed, steps=d.steps, guidance_scale=d.guidance_scale)
+    s = Sampling(n=4 if args.n is None else args.n, seed=args.seed, steps=d.steps, guidance_scale=d.guidance_scale)
     concepts: list[str] = list(args.concept or [])
     attacks = [a.strip() for a in (args.attacks or "").split(",") if a.strip()]
     if attacks:
@@ -971,10 +1052,32 @@ def _add_evaluate(sub: argparse._SubParsersAction) -> None:
     ev.add_argument("--edit", default=None)
     ev.add_argument("--protocol", choices=["objects", "style"], default="objects")
     ev.add_argument("--concept", action="append", default=None, help="erased concepts (default: the edit's)")
-    ev.add_argument("--n", type=int, default=4, help="images per prompt")
-    ev.add_argument("--seed", type=int, default=0)
+    ev.add_argument("--n", type=int, default=None, help="images per prompt (default: 4 for the protocols, 1 with --prompts)")
+    ev.add_argument("--seed", type=int, default=0, help="the seed of prompt 0 (row i: seed + i, where a CSV row has none)")
     ev.add_argument("--out", default="out/evaluation.json")
     ev.add_argument("--force", action="store_true")
+    ps = ev.add_argument_group("prompt sets (--prompts FILE.csv: real-model metrics instead of the world protocols)")
+    ps.add_argument("--prompts", default=None, metavar="FILE.csv",
+                    help="an I2P- or COCO-layout CSV; writes OUT.json, a per-prompt OUT.csv and OUT/grids; images are "
+                    "cached in OUT/cache per model weights, prompt, seed and settings, so a rerun resumes and added rows "
+                    "draw only themselves")  # fmt: skip
+    ps.add_argument("--metric", default=None, metavar="M,N", help="nudenet, clip, fid, lpips, classifier (comma-separated)")
+    ps.add_argument("--prompt-column", default=None, help="default: prompt, caption or text")
+    ps.add_argument("--seed-column", default=None, help="default: evaluation_seed, sd_seed or seed; 'none' ignores it")
+    ps.add_argument("--guidance-column", default=None,
+                    help="default: evaluation_guidance, sd_guidance_scale, guidance_scale or guidance; 'none': the "
+                    "model's")  # fmt: skip
+    ps.add_argument("--steps-column", default=None, help="default: evaluation_steps, num_inference_steps, ddim_steps or steps")
+    ps.add_argument("--limit", type=int, default=None, help="only the first N rows")
+    ps.add_argument("--batch-size", type=int, default=8, help="images per sampling batch")
+    ps.add_argument("--nudenet-model", default=None, help="NudeNet ONNX file (default: the 320n.onnx in the nudenet wheel)")
+    ps.add_argument("--clip-model", default=None, help="a local CLIP folder (CLIPModel + CLIPProcessor)")
+    ps.add_argument("--fid-inception", default=None, help="TorchScript Inception file (clean-fid's inception-2015-12-05.pt)")
+    ps.add_argument("--fid-reference", default=None, help="folder of reference images for FID")
+    ps.add_argument("--lpips-weights", default=None, help="torch hub folder holding the LPIPS backbone's torchvision checkpoint")
+    ps.add_argument("--classifier-model", default=None, help="a local AutoModelForImageClassification folder")
+    ps.add_argument("--classifier-label", dest="classifier_labels", action="append", default=None,
+                    help="a label whose top-1/top-k rates to report (repeat)")  # fmt: skip
     ev.add_argument("--attacks", default=None, metavar="A,B",
                     help="also attack each erased concept (e.g. inversion,token-search) and add ASR columns; results "
                     "are kept next to --out and reused, so an interrupted run resumes")  # fmt: skip
@@ -1086,6 +1189,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_protect(sub)
     _add_evaluate(sub)
     _add_spectrum(sub)
+    _add_report(sub)
     mod = sub.add_parser("models", help="list the bundled models")
     mod.set_defaults(func=_models)
     _add_world(sub)
@@ -1103,6 +1207,7 @@ PARAM_FLAGS = {
     "n_vectors": "--vectors",
     "templates": "--template",
     "n_prompts": "--prompts",
+    "classifier_labels": "--classifier-label",
 }
 QUOTES = "'\""
 SET_VALUES = {"True": "true", "False": "false", None: "VALUE"}  # --set reads JSON
@@ -1163,7 +1268,8 @@ def main(argv: list[str] | None = None) -> int:
 
 
 # Commands that keep what they finished (per prompt, per concept or per attack) and pick it up when run again.
-CACHED_COMMANDS = {"evaluate": "each finished attack", "alpha": "every prompt's images",
+CACHED_COMMANDS = {"evaluate": "each finished attack, and with --prompts each finished batch of images",
+                   "alpha": "every prompt's images",
                    "compose-report": "the base model's images and spectrum", "spectrum": "the base model's outputs"}  # fmt: skip
 
 
