@@ -21,6 +21,12 @@ def state() -> Any | None:
     return s if s.num_processes > 1 else None
 
 
+def processes() -> int:
+    """How many processes share the work (1 without accelerate)."""
+    s = state()
+    return 1 if s is None else s.num_processes
+
+
 def is_main_process() -> bool:
     """Whether this process writes the outputs (the only one, or accelerate's main one)."""
     s = state()

@@ -19,7 +19,7 @@ import torch
 from diffusers import StableDiffusionPipeline
 from tqdm.auto import tqdm
 
-from unsee.distributed import gather, round_robin
+from unsee.distributed import gather, is_main_process, round_robin
 from unsee.judges import Judge, topk
 from unsee.models import fingerprint, sampling_defaults
 from unsee.sampling import Learned, check_sampling, ddim, decode, denoise, encode_prompts, latent_shape
@@ -148,15 +148,20 @@ def cached_prompt_images(
     paths = [folder / (hashlib.sha256(json.dumps([model, p, int(s), n, steps, float(guidance_scale)]).encode())
                        .hexdigest()[:24] + ".pt") for p, s in zip(prompts, seeds)]  # fmt: skip
     todo = [i for i, f in enumerate(paths) if not f.exists()]
+    drawn: dict[int, torch.Tensor] = {}
     if todo:
+        # Under `accelerate launch` prompt_images shares the drawing and hands every process every image; one
+        # process writes them (two writing one file would race), and each returns what it holds, not a re-read.
         fresh = prompt_images(pipe, [prompts[i] for i in todo], seeds=[seeds[i] for i in todo], n=n, steps=steps,
                               guidance_scale=guidance_scale, batch_size=batch_size, progress=progress)  # fmt: skip
-        folder.mkdir(parents=True, exist_ok=True)
-        for i, ims in zip(todo, fresh):
-            tmp = paths[i].with_suffix(".tmp")
-            torch.save(ims.contiguous(), tmp)
-            tmp.replace(paths[i])  # a reader never sees half a file
-    return [torch.load(f, weights_only=True) for f in paths]
+        drawn = dict(zip(todo, fresh))
+        if is_main_process():
+            folder.mkdir(parents=True, exist_ok=True)
+            for i, ims in drawn.items():
+                tmp = paths[i].with_suffix(".tmp")
+                torch.save(ims.contiguous(), tmp)
+                tmp.replace(paths[i])  # a reader never sees half a file
+    return [drawn[i] if i in drawn else torch.load(f, weights_only=True) for i, f in enumerate(paths)]
 
 
 @torch.no_grad()

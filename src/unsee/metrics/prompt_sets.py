@@ -22,6 +22,7 @@ import torch
 from diffusers import StableDiffusionPipeline
 from tqdm.auto import tqdm
 
+from unsee.distributed import processes
 from unsee.metrics import judged
 from unsee.metrics.base import Metric
 from unsee.models import sampling_defaults
@@ -139,7 +140,8 @@ def sample_rows(
     for i, r in enumerate(rows):
         groups.setdefault(settings(pipe, r), []).append(i)
     out: dict[int, torch.Tensor] = {}
-    per = max(1, batch_size // n)
+    # A call draws as many batches as there are processes (one each under `accelerate launch`), and is then kept.
+    per = max(1, batch_size // n) * processes()
     with tqdm(total=len(rows), desc="sampling", unit="prompt", disable=not progress) as bar:
         for (steps, g), idx in groups.items():
             for s in range(0, len(idx), per):
