@@ -91,6 +91,7 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--identity", default="star")
     ap.add_argument("--quick", action="store_true", help="3 steps everywhere: checks the script, measures nothing")
+    ap.add_argument("--steps", type=int, default=100, help="PGD steps of each protection (batch 8 of the 32 images)")
     ap.add_argument("--out", default=str(RESULTS / "protect"))
     args = ap.parse_args()
     torch.set_num_threads(int(os.environ.get("UNSEE_THREADS", "2")))
@@ -99,11 +100,19 @@ def main() -> None:
     top, low = alpha_targets(fp, args.identity)
     out = Path(args.out)
     runs = out.with_name(out.name + "_runs") / fp / ("quick" if args.quick else "full")
+    if args.steps != 100 and not args.quick:
+        runs = RESULTS / "protect_runs" / fp / f"full-steps{args.steps}"
+        runs.mkdir(parents=True, exist_ok=True)
+        # The unprotected and the uniform-noise rows do not take PGD steps: measured once.
+        full = RESULTS / "protect_runs" / fp / "full"
+        for f in [f for g in ("none-*", "noise-*", "protected_noise.pt") for f in full.glob(g)]:
+            if not (runs / f.name).exists():
+                (runs / f.name).write_bytes(f.read_bytes())
     runs.mkdir(parents=True, exist_ok=True)
     scenes = concept_scenes(args.identity, N_IMAGES, np.random.default_rng(0))
     clean = torch.from_numpy(np.stack([render(s) for s in scenes])).permute(0, 3, 1, 2).float().div(255.0)
     captions = [caption_without(s, args.identity) for s in scenes]  # "a red": what else each image shows
-    steps = 3 if args.quick else 100
+    steps = 3 if args.quick else args.steps
     protections = {
         "none": None,
         f"targeted ({top}, top alpha)": ProtectConfig(mode="targeted", target=f"a {top}", eps=EPS, steps=steps),
@@ -153,10 +162,11 @@ def main() -> None:
         for how in ("inversion", "finetune"):
             r[f"{how}_cut"] = base[f"{how}_identity"] - r[f"{how}_identity"]
     grid = image_grid(torch.cat(grid_rows), cols=6, cell=64, row_labels=grid_labels)
-    grid.save(out.with_name("protect_grid.png"))
+    grid.save(out.with_name(out.name + "_grid.png"))
     pct = lambda v: "–" if v is None else f"{100 * v:.1f}"  # noqa: E731
     md = [f"# Anti-personalisation on the mini model{' (quick check)' if args.quick else ''}", "",
-          f"Model `mini`, fingerprint `{fp}`. Identity: `{args.identity}` ({N_IMAGES} renders); l_inf budget 8/255; "
+          f"Model `mini`, fingerprint `{fp}`. Identity: `{args.identity}` ({N_IMAGES} renders); l_inf budget 8/255, "
+          f"{steps} PGD steps of 8 images each (each image stepped {steps * 8 // N_IMAGES} times on average); "
           f"targets from benchmarks/results/alpha.json (top alpha: {top}, lowest: {low}). Identity / target: the "
           "share of the personalised model's 16 images the oracle reads as the identity / the target. Cut: identity "
           "points lost against unprotected images.", "",
@@ -166,8 +176,8 @@ def main() -> None:
         md.append(f"| {r['protection']} | {r['purification']} | {255 * r['linf']:.1f} | {pct(r['inversion_identity'])} | "
                   f"{pct(r['inversion_target'])} | {pct(r['inversion_cut'])} | {pct(r['finetune_identity'])} | "
                   f"{pct(r['finetune_target'])} | {pct(r['finetune_cut'])} |")  # fmt: skip
-    md += ["", "![protected images and what the personalised models draw](protect_grid.png)", ""]
-    write_report(out, {"model": "mini", "model_fingerprint": fp, "identity": args.identity, "eps": EPS,
+    md += ["", f"![protected images and what the personalised models draw]({out.name}_grid.png)", ""]
+    write_report(out, {"model": "mini", "model_fingerprint": fp, "identity": args.identity, "eps": EPS, "steps": steps,
                        "targets": {"top_alpha": top, "low_alpha": low}, "rows": rows}, "\n".join(md))  # fmt: skip
 
 
