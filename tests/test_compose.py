@@ -216,3 +216,34 @@ def test_interference_report_with_a_cache_is_the_same_report(tiny_pipe, tmp_path
     assert plain.esr == cold.esr == warm.esr and plain.psr == cold.psr == warm.psr
     assert plain.reads["base"].keys() == warm.reads["base"].keys()
     assert all(plain.reads["base"][p].topk == warm.reads["base"][p].topk for p in prompts)
+
+
+def test_two_workers_write_the_report_of_one(tiny_pipe, tmp_path):
+    """Workers measure the models side by side on copies of the pipeline; with one CPU thread each, as with one worker,
+    their images are the very same, and so is every number of the report (spectra included)."""
+    from unsee.impact.interference import interference_report
+    from unsee.impact.spectrum import concept_vocabulary, make_draws
+
+    colours = ("red", "green", "blue", "white")
+    judge = ClassifierJudge(lambda im: torch.cat([im.mean((2, 3)), im.mean((1, 2, 3))[:, None]], 1) * 10, colours,
+                            name="colour")  # fmt: skip
+    a, b, c = (make_edit(tiny_pipe, [k], i, w) for i, (k, w) in enumerate([(K, "red"), (V, "green"), (Q, "blue")], 1))
+    prompts = {"a red circle": ("red",), "a green circle": ("green",), "a blue circle": ("blue",)}
+    prompts |= {"a red square": ("red",), "a white circle": ("white",), "a white square": ("white",)}
+    vocab = concept_vocabulary(tiny_pipe, ["red", "green", "circle"], neutral=())
+    kw = dict(n=2, steps=2, guidance_scale=2.0, keep_images=True, vocab=vocab, draws=make_draws(tiny_pipe, 2, steps=2))
+    before, threads = state(tiny_pipe), torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        one = interference_report(tiny_pipe, [a, b, c], judge, prompts, **kw)
+        two = interference_report(tiny_pipe, [a, b, c], judge, prompts, workers=2, cache_dir=tmp_path, **kw)
+        assert torch.get_num_threads() == 1  # given back as it was
+    finally:
+        torch.set_num_threads(threads)
+    strip = lambda d: {k: v for k, v in d.items() if k != "seconds"}  # noqa: E731
+    assert strip(one.to_dict()) == strip(two.to_dict())
+    for model, reads in one.reads.items():
+        assert all(torch.equal(r.images, two.reads[model][p].images) for p, r in reads.items())
+    assert all(torch.equal(v, state(tiny_pipe)[k]) for k, v in before.items())
+    with pytest.raises(ValueError, match="`workers` must be at least 1"):
+        interference_report(tiny_pipe, [a, b], judge, prompts, workers=0)

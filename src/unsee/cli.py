@@ -722,7 +722,7 @@ def _compose_report(args: argparse.Namespace) -> None:
     with shared_tensor_warnings():
         report = interference_report(pipe, edits, load_oracle(), prompts, labels=JUDGE_LABELS, vocab=vocab, draws=draws,
                                      n=args.n, seed=args.seed, cache_dir=args.cache, keep_images=True, force=args.force,
-                                     progress=True)  # fmt: skip
+                                     progress=True, workers=args.workers)  # fmt: skip
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     images = [report.grid(out / "grid.png").name]
@@ -749,6 +749,8 @@ def _add_compose_report(sub: argparse._SubParsersAction) -> None:
     cr.add_argument("--seed", type=int, default=0)
     cr.add_argument("--cache", default=str(Path.home() / ".cache" / "unsee"), help="where base outputs are cached")
     cr.add_argument("--force", action="store_true", help="compose edits made for another base model")
+    cr.add_argument("--workers", type=int, default=1, help="models measured at once, each on its own copy of the "
+                    "model, the CPU threads shared between them (faster on a CPU; a GPU gains nothing)")  # fmt: skip
     cr.set_defaults(func=_compose_report)
 
 

@@ -19,8 +19,11 @@ for); ``labels`` maps the edits' concept names to the judge's (a synonym to its 
 
 from __future__ import annotations
 
+import copy
+import queue
 import time
 from collections.abc import Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -109,6 +112,44 @@ class Interference:
         return path
 
 
+class Replicas:
+    """``workers`` copies of a pipeline (the first is the pipeline itself) that threads take one at a time, the CPU
+    threads split between them while open. One worker, or several processes under accelerate: calls run in order
+    on the pipeline itself (collective operations must run in the same order on every process)."""
+
+    def __init__(self, pipe: StableDiffusionPipeline, workers: int):
+        from unsee.distributed import processes
+
+        self.pipe, self.workers = pipe, 1 if processes() > 1 else workers
+        self.threads = torch.get_num_threads()
+
+    def __enter__(self) -> Replicas:
+        if self.workers > 1:
+            self.free: queue.SimpleQueue = queue.SimpleQueue()
+            for q in [self.pipe] + [copy.deepcopy(self.pipe) for _ in range(self.workers - 1)]:
+                self.free.put(q)
+            torch.set_num_threads(max(1, self.threads // self.workers))
+        return self
+
+    def __exit__(self, *exc) -> None:
+        torch.set_num_threads(self.threads)
+
+    def map(self, fn, items: Sequence) -> list:
+        """``[fn(pipeline, item) for item in items]``, in order; each call has a pipeline to itself."""
+        if self.workers == 1:
+            return [fn(self.pipe, it) for it in items]
+
+        def run(it):
+            q = self.free.get()
+            try:
+                return fn(q, it)
+            finally:
+                self.free.put(q)
+
+        with ThreadPoolExecutor(self.workers) as ex:
+            return list(ex.map(run, items))
+
+
 def rate(result: PromptResult, judge: Judge, label: str) -> float:
     """Share of a prompt's images whose top-1 in the label's group is ``label``."""
     return result.rate(group_of(judge, label), label, 1)
@@ -132,6 +173,7 @@ def interference_report(
     keep_images: bool = False,
     force: bool = False,
     progress: bool = False,
+    workers: int = 1,
 ) -> Interference:
     """Compose ``edits`` on ``pipe`` (their base model) and measure how they interfere (see the module).
 
@@ -141,7 +183,15 @@ def interference_report(
     keeps the base model's spectrum outputs and images (per prompt, see
     :func:`~unsee.metrics.judged.cached_prompt_images`), which every later report on this model reuses. ``n``
     images per prompt, prompt i seeded ``seed + i`` under every model. ``pipe`` is left as it was.
+
+    ``workers`` > 1 measures that many models at once (the base, the composition, each edit alone, their spectra),
+    each on its own copy of ``pipe`` in a thread, the CPU threads shared between them: on a CPU, where one small
+    model's operations do not keep every core busy, the report is written sooner. The images can then differ from
+    one worker's in the last bits (a CPU's sums depend on how many threads share them). One process under
+    ``accelerate launch`` uses one worker.
     """
+    if workers < 1:
+        raise ValueError(f"`workers` must be at least 1 (got {workers})")
     t0 = time.perf_counter()
     composed = Edit.compose(edits, pipe, force=force)
     parts = composed.config["parts"]
@@ -168,23 +218,25 @@ def interference_report(
     seeds = {p: seed + i for i, p in enumerate(asked)}
     kw = dict(n=n, steps=steps, guidance_scale=guidance_scale, k=1, keep_images=keep_images, progress=progress)
 
-    def read(edit: Edit | None, ps: Sequence[str]) -> dict[str, PromptResult]:
+    def read(pipe: StableDiffusionPipeline, edit: Edit | None, ps: Sequence[str]) -> dict[str, PromptResult]:
         if edit is None and cache_dir is not None:  # the base model's images serve every report on this model
             ims = cached_prompt_images(pipe, ps, cache_dir, seeds=[seeds[p] for p in ps], n=n, steps=steps,
                                        guidance_scale=guidance_scale, progress=progress)  # fmt: skip
             res = judge_images(judge, ps, ims, k=1, keep_images=keep_images)
         elif edit is None:
             res = judge_prompts(pipe, judge, ps, seeds=[seeds[p] for p in ps], **kw)
-        else:
-            with edit.applied(pipe, force=force):
+        else:  # Edit.compose has checked that pipe holds the edits' base model: no need to hash it again per read
+            with edit.applied(pipe, force=True):
                 res = judge_prompts(pipe, judge, ps, seeds=[seeds[p] for p in ps], **kw)
         return dict(zip(ps, res))
 
     every = list(asked)
-    reads: Models = {"base": read(None, every), "composed": read(composed, every)}
+    jobs: dict[str, tuple[Edit | None, list[str]]] = {"base": (None, every), "composed": (composed, every)}
     for part in parts:
         mine = [p for p in every if p in kept or set(asked[p]) & {c for c, d in erased.items() if d == part["digest"]}]
-        reads[part["digest"]] = read(by_digest[part["digest"]], mine)
+        jobs[part["digest"]] = (by_digest[part["digest"]], mine)
+    with Replicas(pipe, workers) as pool:
+        reads: Models = dict(zip(jobs, pool.map(lambda q, job: read(q, *job), list(jobs.values()))))
 
     def esr(model: str, c: str) -> float:
         return float(np.mean([1 - rate(reads[model][p], judge, c) for p in own[c]]))
@@ -201,8 +253,9 @@ def interference_report(
                  "alone": {part["digest"]: psr(part["digest"]) for part in parts}, "per_concept": per_concept}  # fmt: skip
     spec = None
     if vocab is not None:
+        # force: Edit.compose has checked the model once
         spec = spectra(pipe, [by_digest[p["digest"]] for p in parts], composed, vocab, draws, seed=seed,
-                       cache_dir=cache_dir, force=force)  # fmt: skip
+                       cache_dir=cache_dir, force=True, workers=workers)  # fmt: skip
     return Interference(
         parts=parts,
         composed={
@@ -221,14 +274,17 @@ def interference_report(
 
 
 def spectra(pipe: StableDiffusionPipeline, parts: Sequence[Edit], composed: Edit, vocab: Vocabulary, draws=None, *,
-            seed: int = 0, cache_dir: str | Path | None = None, force: bool = False, top: int = 8) -> dict:  # fmt: skip
+            seed: int = 0, cache_dir: str | Path | None = None, force: bool = False, top: int = 8,
+            workers: int = 1) -> dict:  # fmt: skip
     """The composition's spectrum against the sum of the parts' (see the module), with Pearson and Spearman
     correlations over the vocabulary and the ``top`` words the parts change most more together than apart."""
-    from unsee.impact.spectrum import make_draws, spectrum
+    from unsee.impact.spectrum import base_outputs, make_draws, spectrum
 
     draws = make_draws(pipe, 4, seed=seed) if draws is None else draws
-    single = [spectrum(pipe, e, vocab, draws, cache_dir=cache_dir, force=force).scores for e in parts]
-    both = spectrum(pipe, composed, vocab, draws, cache_dir=cache_dir, force=force).scores
+    base = base_outputs(pipe, vocab, draws, cache_dir)  # once, before the edits' spectra share it
+    with Replicas(pipe, workers) as pool:
+        *single, both = pool.map(lambda q, e: spectrum(q, e, vocab, draws, base=base, force=force).scores,
+                                 [*parts, composed])  # fmt: skip
     total = torch.stack(single).sum(0)
     diff = both - total
     order = diff.argsort().tolist()

@@ -153,9 +153,11 @@ def spectrum(
     cache_dir: str | Path | None = None,
     batch_size: int = 256,
     force: bool = False,
+    base: torch.Tensor | None = None,
 ) -> Spectrum:
-    """Score every vocabulary concept under ``edit`` (``None``: the identity edit)."""
-    base = base_outputs(pipe, vocab, draws, cache_dir, batch_size)
+    """Score every vocabulary concept under ``edit`` (``None``: the identity edit). ``base``: the base model's table
+    (:func:`base_outputs`) when the caller holds it, as it does for several edits of one model."""
+    base = base_outputs(pipe, vocab, draws, cache_dir, batch_size) if base is None else base
     rows, state = _shard(len(vocab))
     if edit is None:
         edited = eps_table(pipe, vocab.embeddings[list(rows)], draws, batch_size)
