@@ -19,7 +19,7 @@ import torch
 from diffusers import StableDiffusionPipeline
 from tqdm.auto import tqdm
 
-from unsee.distributed import gather, is_main_process, round_robin
+from unsee.distributed import gather, is_main_process, round_robin, state
 from unsee.judges import Judge, topk
 from unsee.models import fingerprint, sampling_defaults
 from unsee.sampling import Learned, check_sampling, ddim, decode, denoise, encode_prompts, latent_shape
@@ -161,6 +161,8 @@ def cached_prompt_images(
                 tmp = paths[i].with_suffix(".tmp")
                 torch.save(ims.contiguous(), tmp)
                 tmp.replace(paths[i])  # a reader never sees half a file
+        if (s := state()) is not None:  # every process then sees the same files (a repeated prompt, a later call)
+            s.wait_for_everyone()
     return [drawn[i] if i in drawn else torch.load(f, weights_only=True) for i, f in enumerate(paths)]
 
 
