@@ -59,6 +59,8 @@ ROWS: dict[str, tuple[str, dict]] = {
     # Plain EAP on the other parameter set: a defence in itself, and the one to beat.
     "eap-noxattn": ("eap", EAP | {"params": "noxattn"}),
     "robust": ("robust", EAP | ROBUST),
+    # Each concept's attacker on batch_size images of its own per inner step, as were its concept erased alone.
+    "robust-pc": ("robust", EAP | ROBUST | {"inner_per_concept": True}),
     # The screen of what might make the defence stronger (circle erased alone), run on the earlier defaults (2 inner
     # steps): the attacker's steps, the adversarial term's weight, restarts, the attacker's space, eq. 11's inner gap
     # as written, and the parameters trained. Its winner, 4 inner steps, is the "robust" row.

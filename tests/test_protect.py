@@ -44,6 +44,28 @@ def test_the_same_seed_gives_the_same_protected_images(tiny_pipe):
     assert torch.equal(a, b) and not torch.equal(a, c)
 
 
+def test_per_image_prompts_and_the_surrogate_are_seeded_and_change_the_result(tiny_pipe):
+    x = images_for(tiny_pipe)
+    base = dict(mode="targeted", target="a red circle", steps=3, batch_size=2)
+    g = lambda: torch.Generator().manual_seed(0)  # noqa: E731
+    plain = protect(tiny_pipe, x, ProtectConfig(**base), g()).images
+    own = protect(tiny_pipe, x, ProtectConfig(**base), g(), prompts=["a red circle", "a blue circle", "a circle"]).images
+    same = protect(tiny_pipe, x, ProtectConfig(**base), g(), prompts=["a red circle"] * 3).images
+    assert torch.equal(plain, same) and not torch.equal(plain, own)  # one prompt per image, or the same for all
+    cfg = ProtectConfig(**base, surrogate_steps=2)
+    caps = ["a red", "a blue", ""]
+    a = protect(tiny_pipe, x, cfg, g(), captions=caps).images
+    b = protect(tiny_pipe, x, cfg, g(), captions=caps).images
+    assert torch.equal(a, b) and not torch.equal(a, plain)
+    assert (a - x).abs().max() <= cfg.eps + 1e-7
+    with pytest.raises(ValueError, match="`captions` holds 2 entries for 3 images; pass one per image"):
+        protect(tiny_pipe, x, cfg, g(), captions=caps[:2])
+    with pytest.raises(ValueError, match="`prompts` holds 1 entries for 3 images"):
+        protect(tiny_pipe, x, cfg, g(), prompts=["a circle"])
+    with pytest.raises(ValueError, match="`surrogate_steps` and `surrogate` must be >= 0"):
+        ProtectConfig(**base, surrogate_steps=-1)
+
+
 def test_each_term_moves_its_loss_the_right_way(mini_pipe):
     from diffusers import DDIMScheduler
 

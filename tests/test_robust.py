@@ -106,3 +106,15 @@ def test_restarts_send_the_attacker_back_and_resume_exactly(tiny_pipe, tmp_path)
         torch.testing.assert_close(resumed.tensors[k], straight.tensors[k], rtol=0, atol=0)
     with pytest.raises(ValueError, match="restart_every must be 0"):
         make_config("robust", restart_every=-1)
+
+
+@pytest.mark.parametrize("per_concept", [False, True])
+def test_each_concepts_attacker_gets_its_own_draws_per_inner_step(tiny_pipe, per_concept):
+    # One update, one inner step, one draw: shared, the draw is one concept's and the other attacker (zero gradient,
+    # fresh Adam) stays at its start; per concept, each attacker learns from a draw of its own.
+    cfg = make_config("robust", **(FAST | dict(iterations=1, inner_steps=1, batch_size=1)), inner_per_concept=per_concept)
+    edit = erase(tiny_pipe, ["circle", "square"], cfg, torch.Generator().manual_seed(0),
+                 images=[_images(tiny_pipe, seed=1), _images(tiny_pipe, seed=2)])  # fmt: skip
+    start = tiny_pipe.text_encoder.get_input_embeddings().weight.detach().float().mean(0)
+    moved = [float((torch.tensor(v[0]) - start).abs().max()) > 1e-6 for v in edit.info["adversary_embedding"]]
+    assert sorted(moved) == ([True, True] if per_concept else [False, True]), moved

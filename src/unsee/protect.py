@@ -22,6 +22,7 @@ sign of one draw's gradient is close to a coin toss per pixel.
 from __future__ import annotations
 
 import time
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Literal
 
@@ -58,6 +59,13 @@ class ProtectConfig:
     semantic: float = 1.0
     textural: float = 1.0
     momentum: float = 0.9
+    surrogate_steps: int = 0
+    """Anti-DreamBooth's ASPL, turned on textual inversion: before each PGD step the surrogate token takes this many
+    inversion steps (Adam, ``surrogate_lr``, warm-started) on the images as protected so far, and the PGD step also
+    *ascends* that token's denoising loss, weighted ``surrogate``. The images then stop being explained by what a
+    personaliser learns from them, not only by the fixed model's prompts. 0: off."""
+    surrogate: float = 1.0
+    surrogate_lr: float = 5e-3
 
     def __post_init__(self) -> None:
         if self.mode not in MODES:
@@ -73,6 +81,9 @@ class ProtectConfig:
                 raise ValueError(f"`step_size` must be positive (got {self.step_size})")
             if self.semantic < 0 or self.textural < 0 or not 0 <= self.momentum < 1:
                 raise ValueError("`semantic` and `textural` must be >= 0 and `momentum` in [0, 1)")
+            if self.surrogate_steps < 0 or self.surrogate < 0 or self.surrogate_lr <= 0:
+                raise ValueError("`surrogate_steps` and `surrogate` must be >= 0 and `surrogate_lr` positive (got "
+                                 f"{self.surrogate_steps}, {self.surrogate}, {self.surrogate_lr})")  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -119,13 +130,22 @@ def protect(
     generator: torch.Generator,
     *,
     target_images: torch.Tensor | None = None,
+    prompts: Sequence[str] | None = None,
+    captions: Sequence[str] | None = None,
     progress: bool = False,
 ) -> Protected:
     """Protect ``images`` ``(N, 3, H, W)`` in [0, 1] against personalisation on ``pipe`` (see the module).
 
     ``target_images`` (one per image) are what the textural term pulls the latents towards; by default the model
-    draws them from ``config.target`` with ``generator`` at its sampling defaults."""
+    draws them from ``config.target`` with ``generator`` at its sampling defaults. ``prompts`` (one per image)
+    replace ``config.target`` (targeted) or ``config.prompt`` (untargeted) in the semantic term: a personalisation
+    that trains its token beside captions ("a red <id>") is best answered by the captions with the target's word in
+    the token's place ("a red circle"). ``captions`` (one per image, as :func:`unsee.concepts.inversion.invert`
+    takes them) are what the surrogate token is trained beside (``config.surrogate_steps``)."""
     check_images(pipe, images)
+    for name, v in (("prompts", prompts), ("captions", captions)):
+        if v is not None and len(v) != len(images):
+            raise ValueError(f"`{name}` holds {len(v)} entries for {len(images)} images; pass one per image")
     t0 = time.perf_counter()
     seed = generator.initial_seed()
     x = images.detach().float().cpu()
@@ -139,7 +159,8 @@ def protect(
     sched = DDIMScheduler.from_config(pipe.scheduler.config)
     targeted = config.mode == "targeted"
     with torch.no_grad():
-        cond = encode_prompts(pipe, [config.target if targeted else config.prompt])
+        # one conditioning for every image, or each image's own
+        cond = encode_prompts(pipe, list(prompts) if prompts is not None else [config.target if targeted else config.prompt])
         z_target = None
         if targeted and config.textural > 0:
             if target_images is None:
@@ -154,7 +175,10 @@ def protect(
     velocity = torch.zeros_like(x)
     log = []
     dev = pipe.unet.device
+    sur = _Surrogate(pipe, config, captions, generator) if config.surrogate_steps > 0 else None
     for step in tqdm(range(config.steps), desc=f"protecting ({config.mode})", disable=not progress):
+        if sur is not None:
+            sur.learn(sched, (x + delta).clamp(0, 1))
         idx = torch.randint(len(x), (config.batch_size,), generator=generator)
         t = torch.randint(len(sched.alphas_cumprod), (config.batch_size,), generator=generator)
         d = delta[idx].clone().requires_grad_(True)
@@ -162,12 +186,15 @@ def protect(
         noise = torch.randn(z0.shape, generator=generator).to(z0.device)
         z_t = sched.add_noise(z0, noise, t.to(z0.device))
         target = denoising_target(sched, z0, noise, t.to(z0.device))
-        pred = unet_eps(pipe.unet, z_t.to(dev, pipe.unet.dtype), t.to(dev), cond.expand(len(idx), -1, -1))
+        c = cond[idx.to(cond.device)] if prompts is not None else cond.expand(len(idx), -1, -1)
+        pred = unet_eps(pipe.unet, z_t.to(dev, pipe.unet.dtype), t.to(dev), c)
         sem = torch.nn.functional.mse_loss(pred.float(), target.to(dev).float())
         # descend towards the target; ascend the loss otherwise
         loss = config.semantic * sem if targeted else -sem
         if z_target is not None:
             loss = loss + config.textural * torch.nn.functional.mse_loss(z0, z_target[idx].to(z0.device))
+        if sur is not None:  # ascend what the personaliser's token, as learned so far, explains of these images
+            loss = loss - config.surrogate * sur.loss(z_t, t, target, idx)
         (grad,) = torch.autograd.grad(loss, d)
         with torch.no_grad():
             g = grad.cpu() / grad.abs().flatten(1).mean(1).clamp_min(1e-12).view(-1, 1, 1, 1)
@@ -181,6 +208,50 @@ def protect(
             log.append({"step": step, "loss": loss.item(), "semantic": sem.item()})
     out = (x + delta).clamp(0, 1)
     return Protected(out, config, seed, fingerprint(pipe), float((out - x).abs().max()), time.perf_counter() - t0, log)
+
+
+class _Surrogate:
+    """The personaliser in the loop: a textual-inversion token trained on the images as they are being protected."""
+
+    TOKEN = "<surrogate>"
+
+    def __init__(self, pipe: StableDiffusionPipeline, config: ProtectConfig, captions: Sequence[str] | None,
+                 generator: torch.Generator):  # fmt: skip
+        from unsee.concepts.inversion import InversionConfig, _initial_vectors
+
+        self.pipe, self.config, self.g = pipe, config, generator
+        self.inv = InversionConfig(token=self.TOKEN, lr=config.surrogate_lr, batch_size=config.batch_size)
+        self.captions = captions
+        self.vectors = torch.nn.Parameter(_initial_vectors(pipe, self.inv).to(pipe.text_encoder.device))
+        self.opt = torch.optim.Adam([self.vectors], lr=config.surrogate_lr)
+
+    def cond(self, idx: torch.Tensor, vectors: torch.Tensor) -> torch.Tensor:
+        tpl = torch.randint(len(self.inv.templates), (len(idx),), generator=self.g)
+        words = [self.TOKEN if self.captions is None else f"{self.captions[int(i)]} {self.TOKEN}".strip() for i in idx]
+        prompts = [self.inv.templates[int(k)].format(w) for k, w in zip(tpl, words)]
+        return encode_prompts(self.pipe, prompts, {self.TOKEN: vectors})
+
+    def learn(self, sched: DDIMScheduler, images: torch.Tensor) -> None:
+        """``surrogate_steps`` inversion steps on ``images`` (the images get no gradient)."""
+        pipe, dev = self.pipe, self.pipe.unet.device
+        for _ in range(self.config.surrogate_steps):
+            idx = torch.randint(len(images), (self.config.batch_size,), generator=self.g)
+            t = torch.randint(len(sched.alphas_cumprod), (len(idx),), generator=self.g)
+            with torch.no_grad():
+                z0 = _latents(pipe, images[idx])
+            noise = torch.randn(z0.shape, generator=self.g).to(z0.device)
+            z_t, target = sched.add_noise(z0, noise, t.to(z0.device)), denoising_target(sched, z0, noise, t.to(z0.device))
+            pred = unet_eps(pipe.unet, z_t.to(dev, pipe.unet.dtype), t.to(dev), self.cond(idx, self.vectors))
+            loss = torch.nn.functional.mse_loss(pred.float(), target.to(dev).float())
+            self.opt.zero_grad(set_to_none=True)
+            loss.backward()
+            self.opt.step()
+
+    def loss(self, z_t: torch.Tensor, t: torch.Tensor, target: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
+        """The surrogate token's denoising loss on these noisy latents (differentiable in the images, not the token)."""
+        dev = self.pipe.unet.device
+        pred = unet_eps(self.pipe.unet, z_t.to(dev, self.pipe.unet.dtype), t.to(dev), self.cond(idx, self.vectors.detach()))
+        return torch.nn.functional.mse_loss(pred.float(), target.to(dev).float())
 
 
 # -- what an attacker tries first ---------------------------------------------------------------------------
