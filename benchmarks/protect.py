@@ -14,7 +14,8 @@ object (alpha from benchmarks/results/alpha.json). Then two personalisations on 
 
 each image captioned with what else it shows ("a red <id>"), as benchmarks/concepts.py trains its tokens;
 
-2 seeds per prompt (16 images per personalisation). Identity success: the share the oracle reads as the identity
+8 seeds per prompt (64 images per personalisation; at 16 a row moved in steps of 6.25 points, and the unprotected
+identity read 62.5% there against 76.6% at 64). Identity success: the share the oracle reads as the identity
 (top-1 object); target success: as the protection's target. Purifications an attacker tries first (a blur, a 2x
 downscale and upscale) are applied to the protected images before personalisation, for "none" and the top-alpha
 protection. Every condition is cached per model fingerprint. Writes benchmarks/results/protect.{json,md} and
@@ -49,6 +50,8 @@ from unsee.world.render import render
 RESULTS = Path(__file__).parent / "results"
 EPS = 8 / 255
 N_IMAGES = 32
+SEEDS = 8  # judged images per colour prompt: 64 per personalised model
+SURROGATE = 4  # surrogate inversion steps per PGD step in the "+ surrogate" rows (ProtectConfig.surrogate_steps)
 FT_STEPS, FT_LR, FT_PARAMS = 200, 1e-3, "xattn"
 
 
@@ -75,16 +78,16 @@ def settings(quick: bool) -> dict:
 
 
 def personalise(pipe, oracle, how: str, cfg, images: torch.Tensor, captions: list[str]) -> tuple[dict, torch.Tensor]:
-    """The oracle's reads of 16 images ("a {colour} <token>", 2 seeds each) after personalising on ``images``."""
+    """The oracle's reads of 64 images ("a {colour} <token>", 8 seeds each) after personalising on ``images``."""
     t0 = time.perf_counter()
     if how == "inversion":
         learned = invert(pipe, images, cfg, torch.Generator().manual_seed(0), captions=captions)
-        ims = torch.cat(prompt_images(pipe, [f"a {c} <id>" for c in COLOUR_NAMES], n=2, seed=0, learned=learned.tokens))
+        ims = torch.cat(prompt_images(pipe, [f"a {c} <id>" for c in COLOUR_NAMES], n=SEEDS, seed=0, learned=learned.tokens))
     else:
         edit = finetune(pipe, images, cfg, torch.Generator().manual_seed(0), captions=captions)
         with edit.applied(pipe):
-            ims = torch.cat(prompt_images(pipe, [f"a {c} sks" for c in COLOUR_NAMES], n=2, seed=0))
-    return {"reads": reads(oracle, ims), "seconds": time.perf_counter() - t0, "settings": repr(cfg)}, ims
+            ims = torch.cat(prompt_images(pipe, [f"a {c} sks" for c in COLOUR_NAMES], n=SEEDS, seed=0))
+    return {"reads": reads(oracle, ims), "seconds": time.perf_counter() - t0, "settings": f"{cfg!r} seeds={SEEDS}"}, ims
 
 
 def main() -> None:
@@ -113,33 +116,38 @@ def main() -> None:
     clean = torch.from_numpy(np.stack([render(s) for s in scenes])).permute(0, 3, 1, 2).float().div(255.0)
     captions = [caption_without(s, args.identity) for s in scenes]  # "a red": what else each image shows
     steps = 3 if args.quick else args.steps
-    protections = {
-        "none": None,
-        f"targeted ({top}, top alpha)": ProtectConfig(mode="targeted", target=f"a {top}", eps=EPS, steps=steps),
-        f"targeted ({low}, lowest alpha)": ProtectConfig(mode="targeted", target=f"a {low}", eps=EPS, steps=steps),
-        "untargeted": ProtectConfig(mode="untargeted", eps=EPS, steps=steps),
-        "noise": ProtectConfig(mode="noise", eps=EPS),
+    tg = lambda t, **kw: ProtectConfig(mode="targeted", target=f"a {t}", eps=EPS, steps=steps, **kw)  # noqa: E731
+    sur = {"surrogate_steps": 3 if args.quick else SURROGATE}
+    protections = {  # row name -> (cache key, settings)
+        "none": ("none", None),
+        f"targeted ({top}, top alpha)": (f"targeted-{top}", tg(top)),
+        f"targeted ({low}, lowest alpha)": (f"targeted-{low}", tg(low)),
+        "untargeted": ("untargeted", ProtectConfig(mode="untargeted", eps=EPS, steps=steps)),
+        "noise": ("noise", ProtectConfig(mode="noise", eps=EPS)),
+        f"targeted ({top}, top alpha) + surrogate": (f"targeted-{top}-surrogate", tg(top, **sur)),
+        f"targeted ({low}, lowest alpha) + surrogate": (f"targeted-{low}-surrogate", tg(low, **sur)),
+        "untargeted + surrogate": ("untargeted-surrogate", ProtectConfig(mode="untargeted", eps=EPS, steps=steps, **sur)),
     }
     top_name = f"targeted ({top}, top alpha)"
-    conditions = [(p, "none") for p in protections] + [(p, f) for p in ("none", top_name) for f in ("blur", "resample")]
+    purified = ("none", top_name, f"{top_name} + surrogate")
+    conditions = [(p, "none") for p in protections] + [(p, f) for p in purified for f in ("blur", "resample")]
     rows, grid_rows, grid_labels = [], [], []
     for prot, purif in conditions:
-        key = f"{prot.split(' ')[0]}-{prot.split('(')[-1].split(',')[0] if '(' in prot else ''}".rstrip("-")
-        cfg = protections[prot]
+        key, cfg = protections[prot]
         kept = runs / f"protected_{key}.pt"  # the protected images: made once, reused under every purification
         if cfg is None:
             protected, linf = clean, 0.0
         elif kept.exists():
             protected = torch.load(kept, weights_only=True)
-        else:
-            protected = protect(pipe, clean, cfg, torch.Generator().manual_seed(0), progress=True).images
+        else:  # the captions: what the surrogate token (if any) is trained beside, as the inversion trains <id>
+            protected = protect(pipe, clean, cfg, torch.Generator().manual_seed(0), captions=captions, progress=True).images
             torch.save(protected, kept)
         linf = float((protected - clean).abs().max())
         images = PURIFICATIONS[purif](protected)
         res = {"linf": linf}
         for how, pcfg in settings(args.quick).items():
             f = runs / f"{key}-{purif}-{how}.json"
-            if f.exists() and json.loads(f.read_text())["settings"] == repr(pcfg):
+            if f.exists() and json.loads(f.read_text())["settings"] == f"{pcfg!r} seeds={SEEDS}":
                 res[how] = json.loads(f.read_text())
                 continue
             res[how], ims = personalise(pipe, oracle, how, pcfg, images, captions)
@@ -168,8 +176,11 @@ def main() -> None:
           f"Model `mini`, fingerprint `{fp}`. Identity: `{args.identity}` ({N_IMAGES} renders); l_inf budget 8/255, "
           f"{steps} PGD steps of 8 images each (each image stepped {steps * 8 // N_IMAGES} times on average); "
           f"targets from benchmarks/results/alpha.json (top alpha: {top}, lowest: {low}). Identity / target: the "
-          "share of the personalised model's 16 images the oracle reads as the identity / the target. Cut: identity "
-          "points lost against unprotected images.", "",
+          f"share of the personalised model's {8 * SEEDS} images the oracle reads as the identity / the target. "
+          f"'+ surrogate': a textual inversion of the images in the loop, {sur['surrogate_steps']} steps per PGD step, "
+          "whose denoising loss each step also ascends (Anti-DreamBooth's ASPL on textual inversion). Cut: identity "
+          f"points lost against unprotected images (the same seeds; a share of {8 * SEEDS} images has a standard error of "
+          f"at most {50 / (8 * SEEDS) ** 0.5:.1f} points).", "",
           "| protection | purification | l_inf x255 | TI identity | TI target | TI cut | fine-tune identity | "
           "fine-tune target | fine-tune cut |", "|---|---|---|---|---|---|---|---|---|"]  # fmt: skip
     for r in rows:
@@ -178,7 +189,8 @@ def main() -> None:
                   f"{pct(r['finetune_target'])} | {pct(r['finetune_cut'])} |")  # fmt: skip
     md += ["", f"![protected images and what the personalised models draw]({out.name}_grid.png)", ""]
     write_report(out, {"model": "mini", "model_fingerprint": fp, "identity": args.identity, "eps": EPS, "steps": steps,
-                       "targets": {"top_alpha": top, "low_alpha": low}, "rows": rows}, "\n".join(md))  # fmt: skip
+                       "targets": {"top_alpha": top, "low_alpha": low}, "judged_per_model": 8 * SEEDS,
+                       "surrogate_steps": sur["surrogate_steps"], "rows": rows}, "\n".join(md))  # fmt: skip
 
 
 if __name__ == "__main__":

@@ -62,8 +62,10 @@ def test_per_image_prompts_and_the_surrogate_are_seeded_and_change_the_result(ti
         protect(tiny_pipe, x, cfg, g(), captions=caps[:2])
     with pytest.raises(ValueError, match="`prompts` holds 1 entries for 3 images"):
         protect(tiny_pipe, x, cfg, g(), prompts=["a circle"])
-    with pytest.raises(ValueError, match="`surrogate_steps` and `surrogate` must be >= 0"):
+    with pytest.raises(ValueError, match="`surrogate_steps` must be >= 0"):
         ProtectConfig(**base, surrogate_steps=-1)
+    with pytest.raises(ValueError, match="`surrogate_lr` positive"):
+        ProtectConfig(**base, surrogate_lr=0.0)
 
 
 def test_each_term_moves_its_loss_the_right_way(mini_pipe):
@@ -154,11 +156,13 @@ def test_cli_protect_writes_images_grid_and_json(tmp_path, capsys, mini_pipe):
 
     src = _folder(tmp_path, concept_images("star", 2, seed=0))
     out = tmp_path / "out"
-    rc = main(["protect", "--images", str(src), "--out", str(out), "--target", "circle", "--steps", "2", "--eps", "8/255"])
+    rc = main(["protect", "--images", str(src), "--out", str(out), "--target", "circle", "--steps", "2", "--eps", "8/255",
+               "--surrogate-steps", "1"])  # fmt: skip
     assert rc == 0
     assert sorted(p.name for p in (out / "images").iterdir()) == ["p0.png", "p1.png"] and (out / "grid.png").exists()
     rep = json.loads((out / "protect.json").read_text())
     assert rep["config"]["target"] == "a circle" and rep["linf"] <= 8 / 255 + 1e-7
+    assert rep["config"]["surrogate_steps"] == 1
     assert "2 images protected" in capsys.readouterr().out
 
 
@@ -170,6 +174,7 @@ def test_cli_protect_writes_images_grid_and_json(tmp_path, capsys, mini_pipe):
         (["--target", "circle", "--eps", "2"], "RGB", "--eps must be in (0, 1]"),
         (["--target", "circle"], "L", "not RGB; convert it to RGB"),
         ([], "RGB", "needs --target"),
+        (["--target", "circle", "--surrogate-steps", "-1"], "RGB", "--surrogate-steps must be >= 0 (got -1)"),
     ],
 )
 def test_cli_protect_bad_input_is_one_line(tmp_path, capsys, extra, mode, message):

@@ -829,7 +829,7 @@ def _protect(args: argparse.Namespace) -> None:
 
         target = with_article(world_concept(target).word)  # an unknown concept: one line naming the known ones
     cfg = ProtectConfig(mode=args.mode, target=target, eps=args.eps, step_size=args.step_size, steps=args.steps,
-                        batch_size=args.batch_size)  # fmt: skip
+                        batch_size=args.batch_size, surrogate_steps=args.surrogate_steps)  # fmt: skip
     pipe = load_pipeline(args.model, device=args.device)
     images = _model_images(pipe, args.images, rgb_only=True)
     result = protect(pipe, images, cfg, torch.Generator().manual_seed(args.seed), progress=True)
@@ -862,6 +862,8 @@ def _add_protect(sub: argparse._SubParsersAction) -> None:
     pr.add_argument("--step-size", type=_budget, default=1 / 255, help="PGD step (default 1/255)")
     pr.add_argument("--steps", type=int, default=100)
     pr.add_argument("--batch-size", type=int, default=8)
+    pr.add_argument("--surrogate-steps", type=int, default=0, help="textual-inversion steps of a surrogate token on the "
+                    "images per PGD step, whose loss each step also ascends (ASPL against inversion; 0: off)")  # fmt: skip
     pr.add_argument("--seed", type=int, default=0)
     pr.add_argument("--device", default="cpu")
     pr.set_defaults(func=_protect)

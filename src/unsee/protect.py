@@ -81,9 +81,11 @@ class ProtectConfig:
                 raise ValueError(f"`step_size` must be positive (got {self.step_size})")
             if self.semantic < 0 or self.textural < 0 or not 0 <= self.momentum < 1:
                 raise ValueError("`semantic` and `textural` must be >= 0 and `momentum` in [0, 1)")
-            if self.surrogate_steps < 0 or self.surrogate < 0 or self.surrogate_lr <= 0:
-                raise ValueError("`surrogate_steps` and `surrogate` must be >= 0 and `surrogate_lr` positive (got "
-                                 f"{self.surrogate_steps}, {self.surrogate}, {self.surrogate_lr})")  # fmt: skip
+            if self.surrogate_steps < 0:
+                raise ValueError(f"`surrogate_steps` must be >= 0 (got {self.surrogate_steps}); 0 turns the surrogate off")
+            if self.surrogate < 0 or self.surrogate_lr <= 0:
+                raise ValueError(f"`surrogate` must be >= 0 and `surrogate_lr` positive (got {self.surrogate}, "
+                                 f"{self.surrogate_lr})")  # fmt: skip
 
 
 @dataclass(frozen=True)
