@@ -308,7 +308,7 @@ def main() -> None:
     )
     ap.add_argument(
         "--circle-rows",
-        nargs="+",
+        nargs="*",
         default=["esd", "eap", "robust"],
         choices=list(ROWS),
         help="rows of the budget sweep and the probes, on circle erased alone",

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import re
 import sys
 from collections.abc import Iterator
@@ -749,8 +750,9 @@ def _add_compose_report(sub: argparse._SubParsersAction) -> None:
     cr.add_argument("--seed", type=int, default=0)
     cr.add_argument("--cache", default=str(Path.home() / ".cache" / "unsee"), help="where base outputs are cached")
     cr.add_argument("--force", action="store_true", help="compose edits made for another base model")
-    cr.add_argument("--workers", type=int, default=1, help="models measured at once, each on its own copy of the "
-                    "model, the CPU threads shared between them (faster on a CPU; a GPU gains nothing)")  # fmt: skip
+    cr.add_argument("--workers", type=int, default=min(2, os.cpu_count() or 1), help="models measured at once, each "
+                    "on its own copy of the model, the CPU threads shared between them (default 2 where there are 2 "
+                    "cores: on 2 cores the 10-edit report took 106 s against 125 s with 1, base model cached)")  # fmt: skip
     cr.set_defaults(func=_compose_report)
 
 
