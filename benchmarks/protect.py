@@ -95,6 +95,9 @@ def main() -> None:
     ap.add_argument("--identity", default="star")
     ap.add_argument("--quick", action="store_true", help="3 steps everywhere: checks the script, measures nothing")
     ap.add_argument("--steps", type=int, default=100, help="PGD steps of each protection (batch 8 of the 32 images)")
+    ap.add_argument("--purifications-first", action="store_true",
+                    help="measure the purified conditions first (a second process shares the run: every condition is "
+                    "cached as it finishes, and each process writes the report once it has them all)")  # fmt: skip
     ap.add_argument("--out", default=str(RESULTS / "protect"))
     args = ap.parse_args()
     torch.set_num_threads(int(os.environ.get("UNSEE_THREADS", "2")))
@@ -130,8 +133,9 @@ def main() -> None:
     }
     top_name = f"targeted ({top}, top alpha)"
     purified = ("none", top_name, f"{top_name} + surrogate")
-    conditions = [(p, "none") for p in protections] + [(p, f) for p in purified for f in ("blur", "resample")]
-    rows, grid_rows, grid_labels = [], [], []
+    natural = [(p, "none") for p in protections] + [(p, f) for p in purified for f in ("blur", "resample")]
+    conditions = sorted(natural, key=lambda c: (c[1] == "none", "surrogate" in c[0])) if args.purifications_first else natural
+    rows, grid_parts = [], {}
     for prot, purif in conditions:
         key, cfg = protections[prot]
         kept = runs / f"protected_{key}.pt"  # the protected images: made once, reused under every purification
@@ -162,9 +166,11 @@ def main() -> None:
         rows.append(row)
         print(row, flush=True)
         if purif == "none":
-            grid_rows += [images[:6]] + [torch.load(runs / f"{key}-none-{h}_images.pt", weights_only=True)[:6]
+            grid_parts[prot] = [images[:6]] + [torch.load(runs / f"{key}-none-{h}_images.pt", weights_only=True)[:6]
                                          for h in ("inversion", "finetune")]  # fmt: skip
-            grid_labels += [f"{prot}: images", "  textual inversion draws", "  fine-tune draws"]
+    rows.sort(key=lambda r: natural.index((r["protection"], r["purification"])))  # the table's order, whichever ran first
+    grid_rows = [x for p in protections for x in grid_parts[p]]
+    grid_labels = [lab for p in protections for lab in (f"{p}: images", "  textual inversion draws", "  fine-tune draws")]
     base = {r["protection"]: r for r in rows if r["purification"] == "none"}["none"]
     for r in rows:
         for how in ("inversion", "finetune"):
