@@ -30,7 +30,7 @@ import torch
 from diffusers import DDIMScheduler, StableDiffusionPipeline
 from tqdm.auto import tqdm
 
-from unsee.concepts.inversion import denoising_target
+from unsee.concepts.inversion import denoising_loss, denoising_target
 from unsee.models import fingerprint, sampling_defaults
 from unsee.sampling import encode_prompts, latent_shape, sample, unet_eps
 
@@ -235,7 +235,7 @@ class _Surrogate:
 
     def learn(self, sched: DDIMScheduler, images: torch.Tensor) -> None:
         """``surrogate_steps`` inversion steps on ``images`` (the images get no gradient)."""
-        pipe, dev = self.pipe, self.pipe.unet.device
+        pipe = self.pipe
         for _ in range(self.config.surrogate_steps):
             idx = torch.randint(len(images), (self.config.batch_size,), generator=self.g)
             t = torch.randint(len(sched.alphas_cumprod), (len(idx),), generator=self.g)
@@ -243,17 +243,14 @@ class _Surrogate:
                 z0 = _latents(pipe, images[idx])
             noise = torch.randn(z0.shape, generator=self.g).to(z0.device)
             z_t, target = sched.add_noise(z0, noise, t.to(z0.device)), denoising_target(sched, z0, noise, t.to(z0.device))
-            pred = unet_eps(pipe.unet, z_t.to(dev, pipe.unet.dtype), t.to(dev), self.cond(idx, self.vectors))
-            loss = torch.nn.functional.mse_loss(pred.float(), target.to(dev).float())
+            loss = denoising_loss(pipe, z_t, t, self.cond(idx, self.vectors), target)
             self.opt.zero_grad(set_to_none=True)
             loss.backward()
             self.opt.step()
 
     def loss(self, z_t: torch.Tensor, t: torch.Tensor, target: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
         """The surrogate token's denoising loss on these noisy latents (differentiable in the images, not the token)."""
-        dev = self.pipe.unet.device
-        pred = unet_eps(self.pipe.unet, z_t.to(dev, self.pipe.unet.dtype), t.to(dev), self.cond(idx, self.vectors.detach()))
-        return torch.nn.functional.mse_loss(pred.float(), target.to(dev).float())
+        return denoising_loss(self.pipe, z_t, t, self.cond(idx, self.vectors.detach()), target)
 
 
 # -- what an attacker tries first ---------------------------------------------------------------------------
