@@ -404,7 +404,7 @@ def summarise(parts: Path, fp: str, args, plan: Plan) -> tuple[dict, str]:
                     "judge_flagged": sorted(flags)}  # fmt: skip
     for row in ROWS:
         per_split = []
-        for i in args.splits:
+        for i in range(len(SPLITS)):  # every split measured, whichever this process ran
             f = parts / "split" / f"{row}_split{i}.json"
             if not f.exists():
                 continue
