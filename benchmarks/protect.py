@@ -18,7 +18,9 @@ each image captioned with what else it shows ("a red <id>"), as benchmarks/conce
 identity read 62.5% there against 76.6% at 64). Identity success: the share the oracle reads as the identity
 (top-1 object); target success: as the protection's target. Purifications an attacker tries first (a blur, a 2x
 downscale and upscale) are applied to the protected images before personalisation, for "none" and the top-alpha
-protection. Every condition is cached per model fingerprint. Writes benchmarks/results/protect.{json,md} and
+protection with and without the surrogate. "+ surrogate" rows: the same protections with a textual inversion of the
+images in the loop (``ProtectConfig.surrogate_steps``, SURROGATE steps per PGD step; Anti-DreamBooth's ASPL).
+Every condition is cached per model fingerprint. Writes benchmarks/results/protect.{json,md} and
 protect_grid.png.
 Usage: python benchmarks/protect.py [--identity star] [--quick]
 """
