@@ -20,7 +20,7 @@ from unsee.images import to_pil
 from unsee.judges import Judge, detects
 from unsee.metrics import judged
 from unsee.metrics.base import Metric, load_metric, metric_config, metrics
-from unsee.metrics.lpips import torchvision_problem
+from unsee.metrics.lpips import CHECKPOINTS, Backbone
 
 I2P_HEADER = ("prompt,categories,hard,inappropriate_percentage,nudity_percentage,q16_percentage,sd_safety_percentage,"
               "prompt_toxicity,lexica_url,sd_seed,sd_guidance_scale,sd_image_width,sd_image_height,sd_model,"
@@ -209,16 +209,99 @@ def test_fid_is_torchmetrics_frechet_distance_on_the_named_inception(tmp_path):
     assert fid(["a"], [ref]).summary["FID"] == pytest.approx(0, abs=1e-3)  # the reference against itself
 
 
-@pytest.mark.skipif(torchvision_problem() is None, reason="torchvision imports here: LPIPS can run")
-def test_lpips_says_in_one_line_that_torchvision_is_missing():
-    with pytest.raises(ValueError, match="needs torchvision's backbones") as e:
-        load_metric("lpips", lpips_weights="/nowhere")
-    assert "\n" not in str(e.value)
+def torchvision_problem() -> str | None:
+    try:
+        import torchvision  # noqa: F401
+    except Exception as e:  # ImportError, or the RuntimeError of a build made for another torch
+        return str(e) or type(e).__name__
+    return None
+
+
+def save_backbone(path: Path, net: str = "alex", seed: int = 0) -> Path:
+    """A random-weight checkpoint in torchvision's layout (``features.*`` and a ``classifier.*`` the metric ignores)."""
+    torch.manual_seed(seed)
+    state = {f"features.{k}": v for k, v in Backbone(net).features.state_dict().items()}
+    state["classifier.1.weight"] = torch.randn(10, 4)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    torch.save(state, path)
+    return path
+
+
+def test_lpips_reads_torchvisions_checkpoint_and_is_a_distance(tmp_path):
+    hub = tmp_path / "hub"
+    save_backbone(hub / "checkpoints" / CHECKPOINTS["alex"])
+    by_folder = load_metric("lpips", lpips_weights=str(hub))
+    by_file = load_metric("lpips", lpips_weights=str(hub / "checkpoints" / CHECKPOINTS["alex"]), batch_size=2)
+    g = torch.Generator().manual_seed(0)
+    x = torch.rand(5, 3, 64, 64, generator=g)
+    noise = torch.randn(x.shape, generator=g)
+    near, far = (x + 0.05 * noise).clamp(0, 1), (x + 0.3 * noise).clamp(0, 1)
+    d_near = by_folder.distance(x, near)
+    assert torch.equal(by_folder.distance(x, x), torch.zeros(5))
+    assert torch.allclose(d_near, by_folder.distance(near, x)) and (d_near > 0).all()
+    assert (by_folder.distance(x, far) > d_near).all()  # more noise, further
+    assert torch.allclose(by_file.distance(x, near), d_near, atol=1e-6)  # batches of 2 = one batch of 5
+    s = by_folder(["p", "q"], [near[:3], far[3:]], base=[x[:3], x[3:]])
+    assert s.per_prompt[0]["lpips"] == pytest.approx(float(d_near[:3].mean()))
+    assert s.summary["LPIPS"] == pytest.approx((s.per_prompt[0]["lpips"] + s.per_prompt[1]["lpips"]) / 2)
+    other = load_metric("lpips", lpips_weights=str(save_backbone(tmp_path / "other.pth", seed=1)))
+    assert not torch.allclose(other.distance(x, near), d_near)  # the checkpoint's weights are the ones used
+    # the learned channel weights are torchmetrics' published ones, not random: its alex lin0 weights, loaded
+    from torchmetrics.functional.image import lpips as tm
+
+    lin = torch.load(Path(tm.__file__).parent / "lpips_models" / "alex.pth", map_location="cpu", weights_only=True)
+    assert torch.equal(by_folder.lins[0].model[1].weight, lin["lin0.model.1.weight"])
+
+
+def test_lpips_refuses_a_wrong_checkpoint_in_one_line(tmp_path):
+    vgg = save_backbone(tmp_path / "vgg.pth", "vgg")
+    for kw, words in ((dict(lpips_weights=str(vgg)), "not torchvision's alex checkpoint"),
+                      (dict(lpips_weights=str(tmp_path)), "checkpoints/alexnet-owt-7be5be79.pth"),
+                      (dict(lpips_weights=str(vgg), net="squeeze"), "unknown LPIPS `net` 'squeeze'")):  # fmt: skip
+        with pytest.raises(ValueError, match="lpips_weights|net") as e:
+            load_metric("lpips", **kw)
+        assert words in str(e.value) and "\n" not in str(e.value)
+    assert load_metric("lpips", lpips_weights=str(vgg), net="vgg").distance(*torch.rand(2, 1, 3, 32, 32)).shape == (1,)
+
+
+@pytest.mark.skipif(torchvision_problem() is not None, reason="torchvision does not import beside this torch")
+def test_lpips_equals_torchmetrics_lpips_on_the_same_backbone(tmp_path):
+    from torchmetrics.image.lpip import LearnedPerceptualImagePatchSimilarity
+
+    hub = tmp_path / "hub"
+    save_backbone(hub / "checkpoints" / CHECKPOINTS["alex"])
+    ours = load_metric("lpips", lpips_weights=str(hub))
+    old = torch.hub.get_dir()
+    torch.hub.set_dir(str(hub))
+    try:
+        ref = LearnedPerceptualImagePatchSimilarity(net_type="alex", reduction="mean", normalize=True)
+    finally:
+        torch.hub.set_dir(old)
+    a, b = torch.rand(2, 1, 3, 64, 64, generator=torch.Generator().manual_seed(0))
+    assert float(ours.distance(a, b)) == pytest.approx(float(ref(a, b)), rel=1e-5)
+
+
+def test_evaluate_lpips_is_zero_without_an_edit_and_positive_with_one(tmp_path):
+    hub = tmp_path / "hub"
+    save_backbone(hub / "checkpoints" / CHECKPOINTS["alex"])
+    coco = tmp_path / "coco.csv"
+    coco.write_text("caption,evaluation_seed\na red circle,5\na blue square,6\n")
+    edit = tmp_path / "edit"
+    assert main(["erase", "--method", "esd", "--concept", "circle", "--out", str(edit), "--no-preview",
+                 "--iterations", "2", "--set", "batch_size=1", "--set", "ddim_steps=2"]) == 0  # fmt: skip
+    got = {}
+    for name, extra in (("plain", []), ("edited", ["--edit", str(edit)])):
+        out = tmp_path / f"{name}.json"
+        assert main(["evaluate", "--prompts", str(coco), "--metric", "lpips", "--lpips-weights", str(hub), "--n", "2",
+                     "--out", str(out), *extra]) == 0  # fmt: skip
+        got[name] = json.loads(out.read_text())["summary"]["LPIPS"]
+    assert got["plain"] == 0 and got["edited"] > 0
 
 
 def test_missing_weights_name_the_flag_to_set(tmp_path, capsys):
     csv_path = write_i2p(tmp_path / "i2p.csv", range(2))
-    for metric, flag in (("clip", "--clip-model"), ("classifier", "--classifier-model"), ("fid", "--fid-inception")):
+    for metric, flag in (("clip", "--clip-model"), ("classifier", "--classifier-model"), ("fid", "--fid-inception"),
+                         ("lpips", "--lpips-weights")):  # fmt: skip
         assert main(["evaluate", "--prompts", str(csv_path), "--metric", metric, "--out", str(tmp_path / "e.json")]) == 2
         err = capsys.readouterr().err.strip()
         assert err.startswith("unsee: error:") and "\n" not in err and flag in err, err

@@ -1080,7 +1080,11 @@ def _add_evaluate(sub: argparse._SubParsersAction) -> None:
     ps.add_argument("--clip-model", default=None, help="a local CLIP folder (CLIPModel + CLIPProcessor)")
     ps.add_argument("--fid-inception", default=None, help="TorchScript Inception file (clean-fid's inception-2015-12-05.pt)")
     ps.add_argument("--fid-reference", default=None, help="folder of reference images for FID")
-    ps.add_argument("--lpips-weights", default=None, help="torch hub folder holding the LPIPS backbone's torchvision checkpoint")
+    ps.add_argument(
+        "--lpips-weights",
+        default=None,
+        help="the LPIPS backbone's torchvision checkpoint (alexnet-owt-7be5be79.pth), or a torch hub folder with it",
+    )
     ps.add_argument("--classifier-model", default=None, help="a local AutoModelForImageClassification folder")
     ps.add_argument("--classifier-label", dest="classifier_labels", action="append", default=None,
                     help="a label whose top-1/top-k rates to report (repeat)")  # fmt: skip
