@@ -61,6 +61,10 @@ ROWS: dict[str, tuple[str, dict]] = {
     "robust": ("robust", EAP | ROBUST),
     # Each concept's attacker on batch_size images of its own per inner step, as were its concept erased alone.
     "robust-pc": ("robust", EAP | ROBUST | {"inner_per_concept": True}),
+    # Each concept's attacker token erased on batch_size images of its own per update (the outer term), and with it
+    # the inner draws too: with 5 concepts the shared draws erase each token on a fifth of them.
+    "robust-po": ("robust", EAP | ROBUST | {"adv_per_concept": True}),
+    "robust-ppc": ("robust", EAP | ROBUST | {"adv_per_concept": True, "inner_per_concept": True}),
     # The screen of what might make the defence stronger (circle erased alone), run on the earlier defaults (2 inner
     # steps): the attacker's steps, the adversarial term's weight, restarts, the attacker's space, eq. 11's inner gap
     # as written, and the parameters trained. Its winner, 4 inner steps, is the "robust" row.

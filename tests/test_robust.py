@@ -118,3 +118,21 @@ def test_each_concepts_attacker_gets_its_own_draws_per_inner_step(tiny_pipe, per
     start = tiny_pipe.text_encoder.get_input_embeddings().weight.detach().float().mean(0)
     moved = [float((torch.tensor(v[0]) - start).abs().max()) > 1e-6 for v in edit.info["adversary_embedding"]]
     assert sorted(moved) == ([True, True] if per_concept else [False, True]), moved
+
+
+@pytest.mark.parametrize("per_concept", [False, True])
+def test_the_adversarial_term_erases_every_concepts_token_when_asked(tmp_path, tiny_pipe, per_concept):
+    # Two updates of one draw each: shared, the outer term erases 2 tokens' images in all; per concept, 2 of each.
+    # The count survives a resume (it is the method's state).
+    cfg = make_config("robust", **(FAST | dict(iterations=2, inner_steps=1, batch_size=1)), adv_per_concept=per_concept)
+    images = [_images(tiny_pipe, seed=1), _images(tiny_pipe, seed=2)]
+    edit = erase(tiny_pipe, ["circle", "square"], cfg, torch.Generator().manual_seed(0), images=images)
+    assert (edit.info["adversarial_draws"] == [2, 2]) if per_concept else (sum(edit.info["adversarial_draws"]) == 2)
+    from unsee.methods import Run
+
+    half = make_config("robust", **(FAST | dict(iterations=1, inner_steps=1, batch_size=1)), adv_per_concept=per_concept)
+    erase(tiny_pipe, ["circle", "square"], half, torch.Generator().manual_seed(0), images=images,
+          run=Run(tmp_path, 1, progress=False))  # fmt: skip
+    resumed = erase(tiny_pipe, ["circle", "square"], cfg, torch.Generator().manual_seed(0), images=images,
+                    run=Run(tmp_path, 1, resume=True, progress=False))  # fmt: skip
+    assert resumed.info["adversarial_draws"] == edit.info["adversarial_draws"]
