@@ -61,8 +61,8 @@ class RobustConfig(EAPConfig):
     adv_per_concept: bool = False
     """The outer adversarial term erases *every* concept's attacker token on ``batch_size`` images of its concept per
     update (otherwise the ``batch_size`` draws are shared, and with 5 concepts each token is erased on a fifth of
-    them). Erasing hexagon alone, the inversion attack's ASR was 28%; with circle, 44%; in a split of 5, 62%
-    (runs of benchmarks/robust.py, see robust.md)."""
+    them). Erasing hexagon alone, the inversion attack's ASR was 28%; with circle, 44%, and 31% with this on
+    (benchmarks/results/robust_dilution.md). Over the 4 object splits it moves the mean little (robust.md)."""
     inner_lr: float = 5e-3
     """The attacker's Adam learning rate (Concept Inversion's 5e-3); the mixture's logits use ``inner_lr * logit_scale``."""
     logit_scale: float = 100.0
