@@ -155,6 +155,10 @@ def test_apply_and_compose_report_refuse_bad_input_in_one_line(tmp_path, capsys,
     assert main(["compose-report", str(ours), "--out", str(tmp_path / "r")]) == 2
     err = capsys.readouterr().err.strip()
     assert "pass two edit folders or more" in err and "\n" not in err
+    mine = make_edit(mini_pipe, [V], 3, "star").save(tmp_path / "mine")
+    assert main(["compose-report", str(ours), str(mine), "--out", str(tmp_path / "r"), "--batch-size", "0"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "--batch-size must be at least 1" in err and "\n" not in err
     with pytest.raises(SystemExit):  # argparse: at least one edit folder
         main(["apply", "--out", str(tmp_path / "m")])
 
@@ -221,7 +225,7 @@ def test_interference_report_with_a_cache_is_the_same_report(tiny_pipe, tmp_path
 def test_two_workers_write_the_report_of_one(tiny_pipe, tmp_path):
     """Workers measure the models side by side on copies of the pipeline; with one CPU thread each, as with one worker,
     their images are the very same, and so is every number of the report (spectra included)."""
-    from unsee.impact.interference import interference_report
+    from unsee.impact.interference import interference_report, spectra
     from unsee.impact.spectrum import concept_vocabulary, make_draws
 
     colours = ("red", "green", "blue", "white")
@@ -245,5 +249,13 @@ def test_two_workers_write_the_report_of_one(tiny_pipe, tmp_path):
     for model, reads in one.reads.items():
         assert all(torch.equal(r.images, two.reads[model][p].images) for p, r in reads.items())
     assert all(torch.equal(v, state(tiny_pipe)[k]) for k, v in before.items())
+    # The spectra share the workers' queue with the reads; they are those of spectra(), which measures them alone.
+    alone = spectra(tiny_pipe, [a, b, c], Edit.compose([a, b, c], tiny_pipe), vocab, kw["draws"])
+    for w, v in alone["scores"].items():
+        for m in ("composed", "sum"):
+            # other batches and threads: the same sums, added in another order
+            assert two.spectrum["scores"][w][m] == pytest.approx(v[m], rel=1e-3)
     with pytest.raises(ValueError, match="`workers` must be at least 1"):
         interference_report(tiny_pipe, [a, b], judge, prompts, workers=0)
+    with pytest.raises(ValueError, match="`batch_size` must be at least 1"):
+        interference_report(tiny_pipe, [a, b], judge, prompts, batch_size=0)

@@ -723,7 +723,7 @@ def _compose_report(args: argparse.Namespace) -> None:
     with shared_tensor_warnings():
         report = interference_report(pipe, edits, load_oracle(), prompts, labels=JUDGE_LABELS, vocab=vocab, draws=draws,
                                      n=args.n, seed=args.seed, cache_dir=args.cache, keep_images=True, force=args.force,
-                                     progress=True, workers=args.workers)  # fmt: skip
+                                     progress=True, workers=args.workers, batch_size=args.batch_size)  # fmt: skip
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     images = [report.grid(out / "grid.png").name]
@@ -753,6 +753,8 @@ def _add_compose_report(sub: argparse._SubParsersAction) -> None:
     cr.add_argument("--workers", type=int, default=min(2, os.cpu_count() or 1), help="models measured at once, each "
                     "on its own copy of the model, the CPU threads shared between them (default 2 where there are 2 "
                     "cores: on 2 cores the 10-edit report took 106 s against 127 s with 1, base model cached)")  # fmt: skip
+    cr.add_argument("--batch-size", type=int, default=12, help="images per UNet call (default 12: on a CPU the mini "
+                    "model runs fastest per image at about this size, benchmarks/results/unet_batch.md)")  # fmt: skip
     cr.set_defaults(func=_compose_report)
 
 

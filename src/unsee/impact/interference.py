@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import copy
 import queue
+import threading
 import time
 from collections.abc import Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -135,7 +136,8 @@ class Replicas:
         torch.set_num_threads(self.threads)
 
     def map(self, fn, items: Sequence) -> list:
-        """``[fn(pipeline, item) for item in items]``, in order; each call has a pipeline to itself."""
+        """``[fn(pipeline, item) for item in items]``, in order; each call has a pipeline to itself. The calls start
+        in the items' order (a call may wait on an earlier one's result, never on a later one's)."""
         if self.workers == 1:
             return [fn(self.pipe, it) for it in items]
 
@@ -148,6 +150,19 @@ class Replicas:
 
         with ThreadPoolExecutor(self.workers) as ex:
             return list(ex.map(run, items))
+
+
+class Once:
+    """A value computed by the first call, from any thread; later calls wait for it and share it."""
+
+    def __init__(self, fn):
+        self.fn, self.lock, self.done, self.value = fn, threading.Lock(), False, None
+
+    def __call__(self, *args):
+        with self.lock:
+            if not self.done:
+                self.value, self.done = self.fn(*args), True
+            return self.value
 
 
 def rate(result: PromptResult, judge: Judge, label: str) -> float:
@@ -174,6 +189,7 @@ def interference_report(
     force: bool = False,
     progress: bool = False,
     workers: int = 1,
+    batch_size: int = 12,
 ) -> Interference:
     """Compose ``edits`` on ``pipe`` (their base model) and measure how they interfere (see the module).
 
@@ -189,9 +205,17 @@ def interference_report(
     model's operations do not keep every core busy, the report is written sooner. The images can then differ from
     one worker's in the last bits (a CPU's sums depend on how many threads share them). One process under
     ``accelerate launch`` uses one worker.
+
+    ``batch_size``: images per UNet call (twice as many rows with guidance; the spectra take ``2 * batch_size``
+    (word, draw) pairs a call). Small calls keep a small model's activations in the CPU's caches: on 2 cores, two
+    processes at once, the mini model ran 9% faster per row at 24 rows a call than at 128 and 16% than at 192, the
+    sizes a report's largest reads and spectra took before (benchmarks/results/unet_batch.md).
+    The images can differ in the last bits from another ``batch_size``'s.
     """
     if workers < 1:
         raise ValueError(f"`workers` must be at least 1 (got {workers})")
+    if batch_size < 1:
+        raise ValueError(f"`batch_size` must be at least 1 (got {batch_size}): the images per UNet call")
     t0 = time.perf_counter()
     composed = Edit.compose(edits, pipe, force=force)
     parts = composed.config["parts"]
@@ -216,12 +240,13 @@ def interference_report(
         raise ValueError("every prompt asks for an erased concept, so nothing measures preservation; add prompts to "
                          "`prompts` that ask only for concepts the edits keep")  # fmt: skip
     seeds = {p: seed + i for i, p in enumerate(asked)}
-    kw = dict(n=n, steps=steps, guidance_scale=guidance_scale, k=1, keep_images=keep_images, progress=progress)
+    kw = dict(n=n, steps=steps, guidance_scale=guidance_scale, k=1, keep_images=keep_images, progress=progress,
+              batch_size=batch_size)  # fmt: skip
 
     def read(pipe: StableDiffusionPipeline, edit: Edit | None, ps: Sequence[str]) -> dict[str, PromptResult]:
         if edit is None and cache_dir is not None:  # the base model's images serve every report on this model
             ims = cached_prompt_images(pipe, ps, cache_dir, seeds=[seeds[p] for p in ps], n=n, steps=steps,
-                                       guidance_scale=guidance_scale, progress=progress)  # fmt: skip
+                                       guidance_scale=guidance_scale, batch_size=batch_size, progress=progress)  # fmt: skip
             res = judge_images(judge, ps, ims, k=1, keep_images=keep_images)
         elif edit is None:
             res = judge_prompts(pipe, judge, ps, seeds=[seeds[p] for p in ps], **kw)
@@ -235,8 +260,26 @@ def interference_report(
     for part in parts:
         mine = [p for p in every if p in kept or set(asked[p]) & {c for c, d in erased.items() if d == part["digest"]}]
         jobs[part["digest"]] = (by_digest[part["digest"]], mine)
+    # One queue of work for the workers, so that none waits while another has some left: the base model's spectrum
+    # outputs first (every spectrum needs them), the reads largest first, the spectra (small) last.
+    tasks: list = []
+    if vocab is not None:
+        from unsee.impact.spectrum import base_outputs, make_draws, spectrum
+
+        draws = make_draws(pipe, 4, seed=seed) if draws is None else draws
+        base_eps = Once(lambda q: base_outputs(q, vocab, draws, cache_dir, 2 * batch_size))
+        tasks.append(base_eps)
+    tasks += [lambda q, job=job: read(q, *job) for job in sorted(jobs.values(), key=lambda j: -len(j[1]))]
+    n_reads = len(tasks)
+    if vocab is not None:
+        # force: Edit.compose has checked the model once
+        tasks += [lambda q, e=e: spectrum(q, e, vocab, draws, base=base_eps(q), force=True, batch_size=2 * batch_size)
+                  .scores for e in [*(by_digest[p["digest"]] for p in parts), composed]]  # fmt: skip
     with Replicas(pipe, workers) as pool:
-        reads: Models = dict(zip(jobs, pool.map(lambda q, job: read(q, *job), list(jobs.values()))))
+        done = pool.map(lambda q, task: task(q), tasks)
+    order = sorted(jobs, key=lambda k: -len(jobs[k][1]))  # the reads' order in `tasks`
+    got = dict(zip(order, done[n_reads - len(jobs) : n_reads]))
+    reads: Models = {k: got[k] for k in jobs}
 
     def esr(model: str, c: str) -> float:
         return float(np.mean([1 - rate(reads[model][p], judge, c) for p in own[c]]))
@@ -251,11 +294,7 @@ def interference_report(
                    for c in preserved}  # fmt: skip
     psr_table = {"prompts": kept, "base": psr("base"), "composed": psr("composed"),
                  "alone": {part["digest"]: psr(part["digest"]) for part in parts}, "per_concept": per_concept}  # fmt: skip
-    spec = None
-    if vocab is not None:
-        # force: Edit.compose has checked the model once
-        spec = spectra(pipe, [by_digest[p["digest"]] for p in parts], composed, vocab, draws, seed=seed,
-                       cache_dir=cache_dir, force=True, workers=workers)  # fmt: skip
+    spec = None if vocab is None else compare_spectra(vocab, draws, done[n_reads:-1], done[-1])
     return Interference(
         parts=parts,
         composed={
@@ -285,7 +324,12 @@ def spectra(pipe: StableDiffusionPipeline, parts: Sequence[Edit], composed: Edit
     with Replicas(pipe, workers) as pool:
         *single, both = pool.map(lambda q, e: spectrum(q, e, vocab, draws, base=base, force=force).scores,
                                  [*parts, composed])  # fmt: skip
-    total = torch.stack(single).sum(0)
+    return compare_spectra(vocab, draws, single, both, top)
+
+
+def compare_spectra(vocab: Vocabulary, draws, single: Sequence[torch.Tensor], both: torch.Tensor, top: int = 8) -> dict:
+    """The composition's scores ``both`` against the sum of the parts' ``single`` (see :func:`spectra`)."""
+    total = torch.stack(list(single)).sum(0)
     diff = both - total
     order = diff.argsort().tolist()
     scores = {w: {"composed": float(b), "sum": float(s), "singles": [float(x[i]) for x in single]}
