@@ -260,26 +260,24 @@ def interference_report(
     for part in parts:
         mine = [p for p in every if p in kept or set(asked[p]) & {c for c, d in erased.items() if d == part["digest"]}]
         jobs[part["digest"]] = (by_digest[part["digest"]], mine)
-    # One queue of work for the workers, so that none waits while another has some left: the base model's spectrum
-    # outputs first (every spectrum needs them), the reads largest first, the spectra (small) last.
-    tasks: list = []
+    spec_tasks = []
     if vocab is not None:
-        from unsee.impact.spectrum import base_outputs, make_draws, spectrum
+        from unsee.impact.spectrum import make_draws
 
         draws = make_draws(pipe, 4, seed=seed) if draws is None else draws
-        base_eps = Once(lambda q: base_outputs(q, vocab, draws, cache_dir, 2 * batch_size))
-        tasks.append(base_eps)
-    tasks += [lambda q, job=job: read(q, *job) for job in sorted(jobs.values(), key=lambda j: -len(j[1]))]
-    n_reads = len(tasks)
-    if vocab is not None:
         # force: Edit.compose has checked the model once
-        tasks += [lambda q, e=e: spectrum(q, e, vocab, draws, base=base_eps(q), force=True, batch_size=2 * batch_size)
-                  .scores for e in [*(by_digest[p["digest"]] for p in parts), composed]]  # fmt: skip
+        spec_tasks = spectrum_tasks([by_digest[p["digest"]] for p in parts], composed, vocab, draws, cache_dir=cache_dir,
+                                    force=True, batch_size=2 * batch_size)  # fmt: skip
+    # One queue of work for the workers, so that none waits while another has some left: the base model's spectrum
+    # outputs first (every spectrum needs them), the reads largest first, the spectra (small) last.
+    order = sorted(jobs, key=lambda k: -len(jobs[k][1]))
+    tasks = spec_tasks[:1] + [lambda q, k=k: read(q, *jobs[k]) for k in order] + spec_tasks[1:]
     with Replicas(pipe, workers) as pool:
         done = pool.map(lambda q, task: task(q), tasks)
-    order = sorted(jobs, key=lambda k: -len(jobs[k][1]))  # the reads' order in `tasks`
-    got = dict(zip(order, done[n_reads - len(jobs) : n_reads]))
+    head = len(spec_tasks[:1])
+    got = dict(zip(order, done[head : head + len(order)]))
     reads: Models = {k: got[k] for k in jobs}
+    scores = done[head + len(order) :]  # each part's spectrum, then the composition's
 
     def esr(model: str, c: str) -> float:
         return float(np.mean([1 - rate(reads[model][p], judge, c) for p in own[c]]))
@@ -294,7 +292,7 @@ def interference_report(
                    for c in preserved}  # fmt: skip
     psr_table = {"prompts": kept, "base": psr("base"), "composed": psr("composed"),
                  "alone": {part["digest"]: psr(part["digest"]) for part in parts}, "per_concept": per_concept}  # fmt: skip
-    spec = None if vocab is None else compare_spectra(vocab, draws, done[n_reads:-1], done[-1])
+    spec = None if vocab is None else compare_spectra(vocab, draws, scores[:-1], scores[-1])
     return Interference(
         parts=parts,
         composed={
@@ -314,17 +312,28 @@ def interference_report(
 
 def spectra(pipe: StableDiffusionPipeline, parts: Sequence[Edit], composed: Edit, vocab: Vocabulary, draws=None, *,
             seed: int = 0, cache_dir: str | Path | None = None, force: bool = False, top: int = 8,
-            workers: int = 1) -> dict:  # fmt: skip
+            workers: int = 1, batch_size: int = 24) -> dict:  # fmt: skip
     """The composition's spectrum against the sum of the parts' (see the module), with Pearson and Spearman
-    correlations over the vocabulary and the ``top`` words the parts change most more together than apart."""
-    from unsee.impact.spectrum import base_outputs, make_draws, spectrum
+    correlations over the vocabulary and the ``top`` words the parts change most more together than apart.
+    ``batch_size``: (word, draw) pairs per UNet call."""
+    from unsee.impact.spectrum import make_draws
 
     draws = make_draws(pipe, 4, seed=seed) if draws is None else draws
-    base = base_outputs(pipe, vocab, draws, cache_dir)  # once, before the edits' spectra share it
     with Replicas(pipe, workers) as pool:
-        *single, both = pool.map(lambda q, e: spectrum(q, e, vocab, draws, base=base, force=force).scores,
-                                 [*parts, composed])  # fmt: skip
+        _, *single, both = pool.map(lambda q, task: task(q), spectrum_tasks(parts, composed, vocab, draws, cache_dir=cache_dir,
+                                                                           force=force, batch_size=batch_size))  # fmt: skip
     return compare_spectra(vocab, draws, single, both, top)
+
+
+def spectrum_tasks(parts: Sequence[Edit], composed: Edit, vocab: Vocabulary, draws, *, cache_dir: str | Path | None,
+                   force: bool, batch_size: int) -> list:  # fmt: skip
+    """The work of :func:`spectra` as tasks for :meth:`Replicas.map` (each ``task(pipeline)``): the base model's
+    outputs first, then each part's scores and the composition's, which wait on the first and share it."""
+    from unsee.impact.spectrum import base_outputs, spectrum
+
+    base = Once(lambda q: base_outputs(q, vocab, draws, cache_dir, batch_size))
+    return [base] + [lambda q, e=e: spectrum(q, e, vocab, draws, base=base(q), force=force, batch_size=batch_size).scores
+                     for e in [*parts, composed]]  # fmt: skip
 
 
 def compare_spectra(vocab: Vocabulary, draws, single: Sequence[torch.Tensor], both: torch.Tensor, top: int = 8) -> dict:
