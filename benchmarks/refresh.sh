@@ -35,4 +35,9 @@ step "attacks (on the erasure step's split-0 edits)" attacks "$py" benchmarks/at
 # runs the same jobs side by side on a GPU, and both resume from what benchmarks/results/robust_runs/ holds.
 step "erasure under attack (robust)" robust "$py" benchmarks/robust.py
 step "where the attack's embedding lands" robust_where "$py" benchmarks/robust_where.py
+step "the token search's words" robust_tokens "$py" benchmarks/robust_tokens.py
+step "erased objects beside each other's names" robust_company "$py" benchmarks/robust_company.py
+step "cost per update of the robust rows" robust_cost "$py" benchmarks/robust_cost.py
+step "hexagon's dilution" robust_dilution "$py" benchmarks/robust_dilution.py
+step "UNet rows per call" unet_batch "$py" benchmarks/unet_batch.py
 echo "$(date -u +%FT%TZ) done"

@@ -65,6 +65,9 @@ ROWS: dict[str, tuple[str, dict]] = {
     # the inner draws too: with 5 concepts the shared draws erase each token on a fifth of them.
     "robust-po": ("robust", EAP | ROBUST | {"adv_per_concept": True}),
     "robust-ppc": ("robust", EAP | ROBUST | {"adv_per_concept": True, "inner_per_concept": True}),
+    # robust-ppc's attacker as a mixture over the vocabulary plus an offset: the token search attacks through words,
+    # and robust-ppc halves the inversion (free embeddings) but not it.
+    "robust-ppc-both": ("robust", EAP | ROBUST | {"adv_per_concept": True, "inner_per_concept": True, "space": "both"}),
     # The screen of what might make the defence stronger (circle erased alone), run on the earlier defaults (2 inner
     # steps): the attacker's steps, the adversarial term's weight, restarts, the attacker's space, eq. 11's inner gap
     # as written, and the parameters trained. Its winner, 4 inner steps, is the "robust" row.
