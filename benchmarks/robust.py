@@ -68,6 +68,13 @@ ROWS: dict[str, tuple[str, dict]] = {
     # robust-ppc's attacker as a mixture over the vocabulary plus an offset: the token search attacks through words,
     # and robust-ppc halves the inversion (free embeddings) but not it.
     "robust-ppc-both": ("robust", EAP | ROBUST | {"adv_per_concept": True, "inner_per_concept": True, "space": "both"}),
+    # robust-ppc trained in company: half the attacker's prompts follow 1-4 repeats of another erased object's name,
+    # and in half of those the object's own word stands for the token (robust_tokens.md: the token search gets in
+    # through the other erased objects' names; robust_company.md tests that company directly).
+    "robust-ppc-company": (
+        "robust",
+        EAP | ROBUST | {"adv_per_concept": True, "inner_per_concept": True, "company": 0.5, "company_own": 0.5},
+    ),  # fmt: skip
     # The screen of what might make the defence stronger (circle erased alone), run on the earlier defaults (2 inner
     # steps): the attacker's steps, the adversarial term's weight, restarts, the attacker's space, eq. 11's inner gap
     # as written, and the parameters trained. Its winner, 4 inner steps, is the "robust" row.

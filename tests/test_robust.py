@@ -51,6 +51,10 @@ def test_bad_settings_are_refused():
         make_config("robust", base="uce")
     with pytest.raises(ValueError, match="inner_steps must be at least 1"):
         make_config("robust", inner_steps=0)
+    with pytest.raises(ValueError, match="company is a share and must lie in \\[0, 1\\], got 1.5"):
+        make_config("robust", company=1.5)
+    with pytest.raises(ValueError, match="company_repeats must be at least 1"):
+        make_config("robust", company_repeats=0)
 
 
 @pytest.mark.parametrize("space", ["free", "vocab", "both"])
@@ -136,3 +140,32 @@ def test_the_adversarial_term_erases_every_concepts_token_when_asked(tmp_path, t
     resumed = erase(tiny_pipe, ["circle", "square"], cfg, torch.Generator().manual_seed(0), images=images,
                     run=Run(tmp_path, 1, resume=True, progress=False))  # fmt: skip
     assert resumed.info["adversarial_draws"] == edit.info["adversarial_draws"]
+
+
+def test_company_puts_other_erased_names_before_the_token_and_the_own_word(tiny_pipe):
+    # company=1: every prompt of the outer term follows 1-2 repeats of the other concept's name; company_own=1: the
+    # concept's own word stands for the token there. The company changes what the model is trained on.
+    images = [_images(tiny_pipe, seed=1), _images(tiny_pipe, seed=2)]
+    concepts = ["circle", "square"]
+
+    def run(**kw):
+        cfg = make_config("robust", **(FAST | dict(iterations=1, inner_steps=1)), company_repeats=2, **kw)
+        return erase(tiny_pipe, concepts, cfg, torch.Generator().manual_seed(0), images=images)
+
+    alone, token, own = run(), run(company=1.0), run(company=1.0, company_own=1.0)
+    assert all("<adv" in p and not p.startswith(("circle", "square")) for p in alone.info["robust_trace"][0]["prompts"])
+    for p in token.info["robust_trace"][0]["prompts"]:
+        words = p.split()
+        assert words[0] in concepts and "<adv" in p and words.count(words[0]) in (1, 2), p
+        assert p.endswith(f"<adv{1 - concepts.index(words[0])}>"), p  # the other concept's name, never its own
+    for p in own.info["robust_trace"][0]["prompts"]:
+        head, last = p.split()[0], p.split()[-1]
+        assert "<adv" not in p and head in concepts and last == concepts[1 - concepts.index(head)], p
+    for other in (token, own):
+        assert any(not torch.equal(alone.tensors[k], other.tensors[k]) for k in alone.tensors)
+
+
+def test_company_needs_two_concepts(tiny_pipe):
+    with pytest.raises(ValueError, match="erase two or more concepts or set company=0") as e:
+        erase(tiny_pipe, ["circle"], make_config("robust", company=0.5, **FAST), images=_images(tiny_pipe))
+    assert "\n" not in str(e.value)

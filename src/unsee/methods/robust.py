@@ -74,6 +74,15 @@ class RobustConfig(EAPConfig):
     the defence."""
     templates: tuple[str, ...] = TEMPLATES
     """Prompts the adversary's token is learned and erased in (the inversion attack's)."""
+    company: float = 0.0
+    """Share of the attacker's prompts (inner steps and outer term) preceded by 1 to ``company_repeats`` repeats of
+    another erased concept's name, e.g. "hexagon hexagon a <adv0>" (two or more concepts). Why: the token search
+    brings an erased object back beside another erased object's name (benchmarks/results/robust_company.md: under
+    robust-po, 11.9% beside an erased name against 1.2% alone), a company that no prompt of the erasure holds."""
+    company_own: float = 0.0
+    """Share of the outer term's company prompts in which the concept's own word stands for the attacker's token
+    ("hexagon hexagon a arrow"), so that the word is erased in that company too."""
+    company_repeats: int = 4
 
     uses_images: ClassVar[bool] = True
 
@@ -83,7 +92,10 @@ class RobustConfig(EAPConfig):
             raise ValueError(f"unknown base {self.base!r}; use eap or esd")
         if self.space not in ("free", "vocab", "both"):
             raise ValueError(f"unknown space {self.space!r}; use free, vocab or both")
-        for f in ("n_vectors", "inner_steps"):
+        for f in ("company", "company_own"):
+            if not 0.0 <= getattr(self, f) <= 1.0:
+                raise ValueError(f"{f} is a share and must lie in [0, 1], got {getattr(self, f)}")
+        for f in ("n_vectors", "inner_steps", "company_repeats"):
             if getattr(self, f) < 1:
                 raise ValueError(f"{f} must be at least 1, got {getattr(self, f)}")
         if self.restart_every < 0:
@@ -145,6 +157,9 @@ class Adversary:
 @register("robust", RobustConfig)
 def erase_robust(pipe: StableDiffusionPipeline, concepts: Sequence[str], cfg: RobustConfig, generator: torch.Generator,
                  *, run: Run, learned: Learned | None = None, images: Sequence[torch.Tensor]) -> Edit:  # fmt: skip
+    if cfg.company > 0 and len(concepts) < 2:
+        raise ValueError(f"company={cfg.company} puts other erased concepts' names in the prompts; erase two or "
+                         "more concepts or set company=0")  # fmt: skip
     latents = [encode_images(pipe, x) for x in images]  # before any training: a wrong size fails at once
     tr = Trainer(pipe, concepts, cfg, generator, run, learned)
     base_step, base_info = (eap_objective if cfg.base == "eap" else esd_objective)(pipe, tr, cfg)
@@ -157,9 +172,11 @@ def erase_robust(pipe: StableDiffusionPipeline, concepts: Sequence[str], cfg: Ro
         c_n = tr.encode([cfg.c_n])
     trace: list[dict[str, Any]] = []
 
-    def concept_batch(every: bool = False, count: bool = False) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, list[str]]:
+    def concept_batch(every: bool = False, count: bool = False, own: bool = False
+                      ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, list[str]]:  # fmt: skip
         """Noisy latents of D_ce at uniform t, their denoising targets, and prompts holding each concept's token
-        (``every``: ``batch_size`` draws of each concept; ``count``: add the draws to ``draws``)."""
+        (``every``: ``batch_size`` draws of each concept; ``count``: add the draws to ``draws``; ``own``: some
+        company prompts hold the concept's own word, ``company_own``)."""
         k = torch.arange(len(concepts)).repeat_interleave(cfg.batch_size) if every else tr.draw_concepts(cfg.batch_size)
         if count:
             draws.add_(torch.bincount(k, minlength=len(concepts)))
@@ -169,8 +186,25 @@ def erase_robust(pipe: StableDiffusionPipeline, concepts: Sequence[str], cfg: Ro
         noise = torch.randn(x0.shape, generator=tr.g)
         tpl = torch.randint(len(cfg.templates), (len(k),), generator=tr.g)
         prompts = [cfg.templates[int(i)].format(adv.tokens[int(c)]) for i, c in zip(tpl, k)]
+        if cfg.company > 0:  # drawn only then, so that runs without it keep their random stream
+            prompts = in_company(prompts, k, tpl, own)
         x_t, target = sched.add_noise(x0, noise, t), denoising_target(sched, x0, noise, t)
         return x_t.to(dev, pipe.unet.dtype), t.to(dev), target.to(dev), prompts
+
+    def in_company(prompts: list[str], k: torch.Tensor, tpl: torch.Tensor, own: bool) -> list[str]:
+        """Some prompts, preceded by repeats of another erased concept's name (``company``)."""
+        n = len(k)
+        chosen = torch.rand(n, generator=tr.g) < cfg.company
+        other = torch.randint(len(concepts) - 1, (n,), generator=tr.g)
+        repeats = torch.randint(1, cfg.company_repeats + 1, (n,), generator=tr.g)
+        mine = torch.rand(n, generator=tr.g) < (cfg.company_own if own else 0.0)
+        out = list(prompts)
+        for r in torch.nonzero(chosen).flatten().tolist():
+            c, o = int(k[r]), int(other[r])
+            o += o >= c  # another concept than c
+            word = concepts[c] if mine[r] else adv.tokens[c]
+            out[r] = " ".join([concepts[o]] * int(repeats[r]) + [cfg.templates[int(tpl[r])].format(word)])
+        return out
 
     def inner() -> float:
         """The attacker's steps: inversion through the model being trained (eq. 10), optionally eq. 11's gap."""
@@ -194,13 +228,14 @@ def erase_robust(pipe: StableDiffusionPipeline, concepts: Sequence[str], cfg: Ro
             adv.restart()
         inner_loss = inner()
         terms = base_step(i)
-        x_t, t, _, prompts = concept_batch(cfg.adv_per_concept, count=True)
+        x_t, t, _, prompts = concept_batch(cfg.adv_per_concept, count=True, own=True)
         with torch.no_grad():
             cond = encode_prompts(pipe, prompts, adv.learned(detach=True))
             target = tr.eps_frozen(x_t, t, c_n.expand(len(x_t), -1, -1))
         l_adv = mse(tr.eps_trained(x_t, t, cond), target)
         if i % 10 == 0:
-            trace.append({"iteration": i, "inversion_loss": inner_loss, "nearest": adv.nearest(pipe.tokenizer)})
+            trace.append({"iteration": i, "inversion_loss": inner_loss, "nearest": adv.nearest(pipe.tokenizer),
+                          "prompts": prompts})  # fmt: skip
         return terms | {"loss": terms["loss"] + cfg.lambda_adv * l_adv, "l_adversarial": l_adv.detach(),
                         "inversion_loss": torch.tensor(inner_loss)}  # fmt: skip
 
