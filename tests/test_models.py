@@ -85,3 +85,74 @@ def test_sampling_defaults_follow_a_loaded_pipeline(mini_pipe, tiny_pipe):
     own = prompt_images(mini_pipe, ["a red circle"], n=1)[0]
     assert torch.equal(own, prompt_images(mini_pipe, ["a red circle"], n=1, steps=d.steps, guidance_scale=d.guidance_scale)[0])
     assert not torch.equal(own, prompt_images(mini_pipe, ["a red circle"], n=1, steps=d.steps // 2)[0])
+
+
+def test_split_geglu_is_geglu_with_the_same_parameters():
+    from diffusers.models.activations import GEGLU
+
+    from unsee.models import SplitGEGLU, split_geglu
+
+    torch.manual_seed(0)
+    ref = torch.nn.Sequential(GEGLU(16, 24), GEGLU(24, 8))
+    fast = torch.nn.Sequential(GEGLU(16, 24), GEGLU(24, 8))
+    fast.load_state_dict(ref.state_dict())
+    assert split_geglu(fast) == 2 and all(type(m) is SplitGEGLU for m in fast)
+    assert list(fast.state_dict()) == list(ref.state_dict())
+    x = torch.randn(3, 5, 16)
+    with torch.no_grad():
+        torch.testing.assert_close(fast(x), ref(x), rtol=1e-5, atol=1e-6)
+    # Training: the same gradients (the in-place product runs only without autograd).
+    xa, xb = x.clone().requires_grad_(True), x.clone().requires_grad_(True)
+    ref(xa).square().sum().backward()
+    fast(xb).square().sum().backward()
+    torch.testing.assert_close(xb.grad, xa.grad, rtol=1e-5, atol=1e-6)
+    for (n, p), q in zip(fast.named_parameters(), ref.parameters()):
+        torch.testing.assert_close(p.grad, q.grad, rtol=1e-5, atol=1e-6, msg=n)
+
+
+def test_split_geglu_runs_a_wrapped_projection():
+    # A LoRA layer (peft) replaces `proj` by a wrapper: its output, not the bare weight's, must reach the gate.
+    from diffusers.models.activations import GEGLU
+
+    from unsee.models import split_geglu
+
+    class Shifted(torch.nn.Module):
+        def __init__(self, lin: torch.nn.Linear):
+            super().__init__()
+            self.lin, self.out_features = lin, lin.out_features
+
+        def forward(self, x):
+            return self.lin(x) + 1.0
+
+    torch.manual_seed(0)
+    ref, fast = GEGLU(8, 4), GEGLU(8, 4)
+    fast.load_state_dict(ref.state_dict())
+    split_geglu(fast)
+    ref.proj, fast.proj = Shifted(ref.proj), Shifted(fast.proj)
+    x = torch.randn(2, 8)
+    with torch.no_grad():
+        torch.testing.assert_close(fast(x), ref(x))
+
+
+def test_load_pipeline_splits_the_gates_on_cpu_only_when_asked(tiny_pipe, tmp_path):
+    from unsee.models import SplitGEGLU
+
+    tiny_pipe.save_pretrained(tmp_path)
+    gates = lambda p: {type(m).__name__ for m in p.unet.modules() if "GEGLU" in type(m).__name__}  # noqa: E731
+    assert gates(load_pipeline(tmp_path)) == {SplitGEGLU.__name__}
+    plain = load_pipeline(tmp_path, split_ff=False)
+    assert gates(plain) == {"GEGLU"}
+    fast = load_pipeline(tmp_path)
+    g = torch.Generator().manual_seed(0)
+    z, t = torch.randn(2, 4, 8, 8, generator=g), torch.tensor([10, 500])
+    c = torch.randn(2, 7, plain.unet.config.cross_attention_dim, generator=g)
+    with torch.no_grad():
+        torch.testing.assert_close(fast.unet(z, t, c).sample, plain.unet(z, t, c).sample, rtol=1e-4, atol=1e-5)
+
+
+def test_keep_freed_memory_applies_on_glibc():
+    import platform
+
+    from unsee.machine import keep_freed_memory
+
+    assert keep_freed_memory() is (platform.system() == "Linux" and platform.libc_ver()[0] == "glibc")

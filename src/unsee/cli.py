@@ -1260,7 +1260,10 @@ def cli_message(message: str, flags: set[str] | None = None) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
+    from unsee.machine import keep_freed_memory
     from unsee.quiet import quiet_libraries
+
+    keep_freed_memory()  # the command owns its process: no fresh pages for every large activation
 
     # The command's own output, not its libraries' warnings and loading bars; entered before
     # build_parser, whose imports already import diffusers' pipelines (transformers warns then).
