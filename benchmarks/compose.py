@@ -221,6 +221,12 @@ def markdown(report: dict) -> str:
         for w, v in sorted(by.items()):
             lines.append(f"| {w} | {v['cold_seconds']:.0f} s | {v['warm_seconds']:.0f} s |")
         lines.append("")
+    a = report.get("report_10_against")
+    if a:
+        cold = a["cold_seconds"]
+        lines += ["The first report (`--workers 2`), under an earlier commit's code and this one's, one after the other "
+                  "on the same idle machine (`python benchmarks/compose.py --time-against COMMIT --time-short-edits`): "
+                  + ", ".join(f"{k} {v:.0f} s" for k, v in cold.items()) + ".", ""]  # fmt: skip
     dw = report.get("done_when")
     if dw:
         sc = dw["scores"]
@@ -280,6 +286,48 @@ def timing_edits(pipe, fp: str, out: Path, short: bool) -> list[str]:
     return folders
 
 
+def time_against(out: Path, ref: str, short: bool = False) -> None:
+    """The first (cold) report with ``--workers 2``, under another commit's code and this one's, one after the other
+    on the same machine: a machine's speed drifts by more between sessions than a change saves. ``ref``: a git
+    commit; its ``src`` is checked out into a temporary worktree and put first on PYTHONPATH. Written into
+    OUT.json/.md as ``report_10_against``."""
+    import subprocess
+    import sys
+    import tempfile
+
+    pipe = load_pipeline("mini")
+    fp = fingerprint(pipe)
+    edits = timing_edits(pipe, fp, out, short)
+    cli = Path(sys.executable).with_name("unsee")
+    root = Path(__file__).resolve().parent.parent
+
+    def rev(name: str) -> str:
+        return subprocess.run(["git", "-C", str(root), "rev-parse", name], check=True, capture_output=True,
+                              text=True).stdout.strip()  # fmt: skip
+
+    sha, here = rev(ref), rev("HEAD")
+    got: dict[str, float] = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        subprocess.run(["git", "-C", str(root), "worktree", "add", "--detach", f"{tmp}/ref", sha], check=True,
+                       capture_output=True)  # fmt: skip
+        try:
+            for name, path in ((sha[:12], f"{tmp}/ref/src"), (f"{here[:12]} (HEAD)", "")):
+                env = dict(os.environ, PYTHONPATH=path)
+                t0 = time.perf_counter()
+                k = len(got)
+                subprocess.run([str(cli), "compose-report", *edits, "--out", f"{tmp}/{k}", "--cache", f"{tmp}/cache{k}",
+                                "--workers", "2"], check=True, capture_output=True, env=env)  # fmt: skip
+                got[name] = time.perf_counter() - t0
+        finally:
+            subprocess.run(["git", "-C", str(root), "worktree", "remove", "--force", f"{tmp}/ref"], capture_output=True)
+    f = out.with_suffix(".json")
+    report = json.loads(f.read_text())
+    trained = "2 iterations (same tensors, same work)" if short else "the benchmark's"
+    report["report_10_against"] = {"model_fingerprint": fp, "cpus": os.cpu_count(), "cold_seconds": got,
+                                   "edits_trained": trained}  # fmt: skip
+    write_report(out, report, markdown(report), default=str)
+
+
 def time_report(out: Path, short: bool = False) -> None:
     """Wall time of the command a user runs, `unsee compose-report` on the 10 edits, in a fresh process: first with an
     empty cache, then again with the base model's images and spectrum outputs cached. Written into OUT.json/.md."""
@@ -323,8 +371,13 @@ def main() -> None:
     ap.add_argument("--time-short-edits", action="store_true",
                     help="with --time-report: time on the 10 edits trained for 2 iterations (the same work) where the "
                     "benchmark's own are not kept")  # fmt: skip
+    ap.add_argument("--time-against", metavar="COMMIT", help="time the first report under COMMIT's code and then "
+                    "this checkout's, one after the other (run on idle cores)")  # fmt: skip
     ap.add_argument("--out", default=str(RESULTS / "compose"))
     args = ap.parse_args()
+    if args.time_against:
+        time_against(Path(args.out), args.time_against, short=args.time_short_edits)
+        return
     if args.time_report:
         time_report(Path(args.out), short=args.time_short_edits)
         return

@@ -1,5 +1,5 @@
-"""Cost per update of eap and the robust rows (robust, robust-pc, robust-po, robust-ppc, robust-ppc-both) on split 1
-(5 objects erased at once), in one process, interleaved.
+"""Cost per update of eap and the robust rows (robust, robust-pc, robust-po, robust-ppc, robust-ppc-both,
+robust-ppc-company) on split 1 (5 objects erased at once), in one process, interleaved.
 
 The robust rows' wall time against EAP's (issue 25: at most 3x), measured side by side so that the machine's load
 is the same for all of them: 6 updates each, twice, the faster kept. Writes benchmarks/results/robust_cost.{json,md}.
@@ -31,7 +31,7 @@ def main() -> None:
     images = [concept_images(c, N_IMAGES, seed=D_CE_SEED) for c in concepts]
     per_update: dict[str, list[float]] = {}
     for _ in range(2):
-        for row in ("eap", "robust", "robust-pc", "robust-po", "robust-ppc", "robust-ppc-both"):
+        for row in ("eap", "robust", "robust-pc", "robust-po", "robust-ppc", "robust-ppc-both", "robust-ppc-company"):
             method, kw = ROWS[row]
             cfg = make_config(method, **(COMMON | kw | {"iterations": UPDATES}))
             t0 = time.perf_counter()
