@@ -55,9 +55,9 @@ def keep_freed_memory(limit: int = 1 << 30) -> bool:
     (glibc only; elsewhere nothing changes).
 
     Why: a small model's activations are a few MB each, above glibc's default mapping threshold, so every UNet call
-    maps, faults in and unmaps its activations again. On the mini model (one thread, 24 rows a call) the UNet ran
-    at 11.1-11.2 ms a row with this against 11.6-12.3 without (benchmarks/results/unet_batch.md). The price: the
-    process keeps its peak memory until it exits. The CLI sets it for its own process; a library never should
+    maps, faults in and unmaps its activations again. With :class:`unsee.models.SplitGEGLU` as well, the mini's UNet
+    ran at 12.4 ms a row against 13.7 with neither (24 rows, one thread; benchmarks/results/unet_batch.md). The
+    price: the process keeps its peak memory until it exits. The CLI sets it for its own process; a library never should
     (it is the process's allocator, not unsee's).
     """
     name = ctypes.util.find_library("c")

@@ -83,11 +83,13 @@ class SplitGEGLU(GEGLU):
     """diffusers' GEGLU (the transformer blocks' feed-forward gate), its projection computed as two half-width
     products from the same weight tensor instead of one product split in two.
 
-    Why: ``proj(x).chunk(2)`` leaves two strided halves, and the GELU and the product over them run at a fraction
-    of a contiguous tensor's speed on a CPU. On the mini model (2 cores, one thread, 24 rows a call) the UNet ran
-    at 10.7 ms a row against 11.6 (benchmarks/results/unet_batch.md). Same parameters, same names, same state dict;
-    outputs equal to GEGLU's up to float rounding (1e-6 on the mini's UNet output). Where ``proj`` is no longer a
-    plain ``nn.Linear`` (a LoRA layer wraps it), GEGLU's own forward runs, so the wrapper is not bypassed.
+    Why: ``proj(x).chunk(2)`` leaves two strided halves, and the GELU and the product run over them more slowly
+    than over contiguous tensors on a CPU. With freed memory kept as well (:func:`unsee.machine.keep_freed_memory`,
+    as the CLI runs), the mini's UNet ran at 12.4 ms a row against 13.7 with neither (24 rows, one thread;
+    benchmarks/results/unet_batch.md, where each alone is within the machine's drift). Same parameters, same
+    names, same state dict; outputs equal to GEGLU's up to float rounding (1e-6 on the mini's UNet). Where
+    ``proj`` is no longer a plain ``nn.Linear`` (a LoRA layer wraps it), GEGLU's own forward runs, so the wrapper
+    is not bypassed.
     """
 
     def forward(self, hidden_states: torch.Tensor, *args, **kwargs) -> torch.Tensor:
