@@ -4,7 +4,6 @@ project runs on (AVX-512 or not, clock), so every recorded time carries its mach
 from __future__ import annotations
 
 import ctypes
-import ctypes.util
 import os
 import platform
 from pathlib import Path
@@ -60,14 +59,9 @@ def keep_freed_memory(limit: int = 1 << 30) -> bool:
     price: the process keeps its peak memory until it exits. The CLI sets it for its own process; a library never should
     (it is the process's allocator, not unsee's).
     """
-    name = ctypes.util.find_library("c")
-    if platform.system() != "Linux" or name is None:
+    if platform.system() != "Linux" or platform.libc_ver()[0] != "glibc":
         return False
-    try:
-        libc = ctypes.CDLL(name)
-        if platform.libc_ver()[0] != "glibc":
-            return False
-        return all(libc.mallopt(k, v) == 1 for k, v in ((_M_MMAP_THRESHOLD, limit), (_M_TRIM_THRESHOLD, limit),
-                                                        (_M_TOP_PAD, 64 << 20)))  # fmt: skip
-    except (OSError, AttributeError):
-        return False
+    # The process's own symbols: glibc is loaded already (find_library would spawn ldconfig at every start-up).
+    libc = ctypes.CDLL(None)
+    return all(libc.mallopt(k, v) == 1 for k, v in ((_M_MMAP_THRESHOLD, limit), (_M_TRIM_THRESHOLD, limit),
+                                                    (_M_TOP_PAD, 64 << 20)))  # fmt: skip

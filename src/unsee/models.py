@@ -145,7 +145,7 @@ def load_pipeline(
         raise ModelError(f"{where} is an SDXL pipeline whose VAE downsamples by {pipe.vae_scale_factor}, not 8; unsee's "
                          "SDXL size conditioning assumes SDXL's VAE")  # fmt: skip
     pipe.set_progress_bar_config(disable=True)
-    if split_ff if split_ff is not None else torch.device(device).type == "cpu":
+    if torch.device(device).type == "cpu" if split_ff is None else split_ff:
         split_geglu(pipe.unet)
     return pipe.to(device)
 
