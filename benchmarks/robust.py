@@ -53,6 +53,7 @@ RESULTS = Path(__file__).parent / "results"
 ROBUST = dict(inner_steps=4, lambda_adv=4.0, space="free", inner_lr=5e-3)
 S2 = ROBUST | {"inner_steps": 2}  # the method's default
 EAP = SETTINGS["eap"][1]
+PPC_COMPANY = {"adv_per_concept": True, "inner_per_concept": True, "company": 0.5, "company_own": 0.5}
 ROWS: dict[str, tuple[str, dict]] = {
     "esd": SETTINGS["esd"],
     "eap": SETTINGS["eap"],
@@ -71,10 +72,11 @@ ROWS: dict[str, tuple[str, dict]] = {
     # robust-ppc trained in company: half the attacker's prompts follow 1-4 repeats of another erased object's name,
     # and in half of those the object's own word stands for the token (robust_tokens.md: the token search gets in
     # through the other erased objects' names; robust_company.md tests that company directly).
-    "robust-ppc-company": (
-        "robust",
-        EAP | ROBUST | {"adv_per_concept": True, "inner_per_concept": True, "company": 0.5, "company_own": 0.5},
-    ),  # fmt: skip
+    "robust-ppc-company": ("robust", EAP | ROBUST | PPC_COMPANY),
+    # robust-ppc-company with each concept's attacker taking 6 inner steps on 2 images of its concept (not 4 on 4):
+    # more attacker steps per update for about the same rows (the circle screen: 2 -> 4 steps cut its inversion ASR
+    # 38 -> 22%), so that the cost stays near robust-ppc-company's.
+    "robust-ppc-company-s6": ("robust", EAP | ROBUST | PPC_COMPANY | {"inner_steps": 6, "inner_batch_size": 2}),
     # The screen of what might make the defence stronger (circle erased alone), run on the earlier defaults (2 inner
     # steps): the attacker's steps, the adversarial term's weight, restarts, the attacker's space, eq. 11's inner gap
     # as written, and the parameters trained. Its winner, 4 inner steps, is the "robust" row.

@@ -124,6 +124,23 @@ def test_each_concepts_attacker_gets_its_own_draws_per_inner_step(tiny_pipe, per
     assert sorted(moved) == ([True, True] if per_concept else [False, True]), moved
 
 
+def test_inner_batch_size_sets_the_attackers_draws(tiny_pipe):
+    # Per concept, inner_batch_size=1 draws one image of each concept per inner step, against batch_size=2 of each:
+    # the attacker then learns from other draws, and the outer term's draws (batch_size) are the same count.
+    images = [_images(tiny_pipe, seed=1), _images(tiny_pipe, seed=2)]
+
+    def run(**kw):
+        cfg = make_config("robust", **(FAST | dict(iterations=1, inner_steps=1)), inner_per_concept=True, **kw)
+        return erase(tiny_pipe, ["circle", "square"], cfg, torch.Generator().manual_seed(0), images=images)
+
+    default, same, one = run(), run(inner_batch_size=2), run(inner_batch_size=1)
+    assert default.info["adversary_embedding"] == same.info["adversary_embedding"]  # None means batch_size
+    assert default.info["adversary_embedding"] != one.info["adversary_embedding"]
+    assert one.info["adversarial_draws"] == default.info["adversarial_draws"]
+    with pytest.raises(ValueError, match="inner_batch_size must be at least 1"):
+        make_config("robust", inner_batch_size=0)
+
+
 @pytest.mark.parametrize("per_concept", [False, True])
 def test_the_adversarial_term_erases_every_concepts_token_when_asked(tmp_path, tiny_pipe, per_concept):
     # Two updates of one draw each: shared, the outer term erases 2 tokens' images in all; per concept, 2 of each.
