@@ -221,6 +221,11 @@ def markdown(report: dict) -> str:
         for w, v in sorted(by.items()):
             lines.append(f"| {w} | {v['cold_seconds']:.0f} s | {v['warm_seconds']:.0f} s |")
         lines.append("")
+        runs = [*report.get("report_10_timing_earlier", []), t]
+        if len(runs) > 1:
+            lines += ["The same table's `--workers 2` row in every run kept, oldest first (first report / later ones): "
+                      + "; ".join(f"{r.get('date', 'undated')}: {r['cold_seconds']:.0f} / {r['warm_seconds']:.0f} s"
+                                  for r in runs) + ".", ""]  # fmt: skip
     a = report.get("report_10_against")
     if a:
         cold = a["cold_seconds"]
@@ -350,9 +355,14 @@ def time_report(out: Path, short: bool = False) -> None:
                                 "--workers", str(workers)], check=True, capture_output=True)  # fmt: skip
                 t[f"{run}_seconds"] = time.perf_counter() - t0
     timing |= timing["by_workers"]["2"]  # the command's default on 2 cores
+    timing["date"] = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
     f = out.with_suffix(".json")
     report = json.loads(f.read_text())
-    report["report_10_timing"] = timing
+    # Each run's figures are kept: this machine's speed drifts between sessions by more than a change saves.
+    earlier = report.get("report_10_timing_earlier", [])
+    if report.get("report_10_timing", {}).get("model_fingerprint") == fp:
+        earlier.append(report["report_10_timing"])
+    report["report_10_timing"], report["report_10_timing_earlier"] = timing, earlier
     write_report(out, report, markdown(report), default=str)
 
 
