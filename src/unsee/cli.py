@@ -752,7 +752,8 @@ def _add_compose_report(sub: argparse._SubParsersAction) -> None:
     cr.add_argument("--force", action="store_true", help="compose edits made for another base model")
     cr.add_argument("--workers", type=int, default=min(2, os.cpu_count() or 1), help="models measured at once, each "
                     "on its own copy of the model, the CPU threads shared between them (default 2 where there are 2 "
-                    "cores: on 2 cores the 10-edit report took 96 s against 106 s with 1, base model cached)")  # fmt: skip
+                    "cores: the 10-edit report, base model cached, took 96 s against 106 s with 1 in one run and 107 "
+                    "against 105 s in another; benchmarks/results/compose.md)")  # fmt: skip
     cr.add_argument("--batch-size", type=int, default=12, help="images per UNet call (default 12: on a CPU the mini "
                     "model runs fastest per image at about this size, benchmarks/results/unet_batch.md)")  # fmt: skip
     cr.set_defaults(func=_compose_report)
