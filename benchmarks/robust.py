@@ -54,6 +54,7 @@ ROBUST = dict(inner_steps=4, lambda_adv=4.0, space="free", inner_lr=5e-3)
 S2 = ROBUST | {"inner_steps": 2}  # the method's default
 EAP = SETTINGS["eap"][1]
 PPC_COMPANY = {"adv_per_concept": True, "inner_per_concept": True, "company": 0.5, "company_own": 0.5}
+S6 = EAP | ROBUST | PPC_COMPANY | {"inner_steps": 6, "inner_batch_size": 2}
 ROWS: dict[str, tuple[str, dict]] = {
     "esd": SETTINGS["esd"],
     "eap": SETTINGS["eap"],
@@ -76,9 +77,9 @@ ROWS: dict[str, tuple[str, dict]] = {
     # robust-ppc-company with each concept's attacker taking 6 inner steps on 2 images of its concept (not 4 on 4):
     # more attacker steps per update for about the same rows (the circle screen: 2 -> 4 steps cut its inversion ASR
     # 38 -> 22%), so that the cost stays near robust-ppc-company's.
-    "robust-ppc-company-s6": ("robust", EAP | ROBUST | PPC_COMPANY | {"inner_steps": 6, "inner_batch_size": 2}),
+    "robust-ppc-company-s6": ("robust", S6),
     # The same row trained from another seed (TRAIN_SEED_OFFSET): how far one edit's ASR moves from another's.
-    "robust-ppc-company-s6-r1": ("robust", EAP | ROBUST | PPC_COMPANY | {"inner_steps": 6, "inner_batch_size": 2}),
+    "robust-ppc-company-s6-r1": ("robust", S6),
     # The screen of what might make the defence stronger (circle erased alone), run on the earlier defaults (2 inner
     # steps): the attacker's steps, the adversarial term's weight, restarts, the attacker's space, eq. 11's inner gap
     # as written, and the parameters trained. Its winner, 4 inner steps, is the "robust" row.
