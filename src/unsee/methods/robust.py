@@ -60,8 +60,8 @@ class RobustConfig(EAPConfig):
     are shared between the concepts, and with 5 concepts each attacker sees a fifth of them)."""
     inner_batch_size: int | None = None
     """Images per inner step: of each concept with ``inner_per_concept``, else in all (None: ``batch_size``). With
-    5 concepts per concept, the inner steps take 5x the rows; halving the draws buys twice the attacker's steps at
-    the same cost."""
+    ``inner_per_concept`` and 5 concepts the inner steps take 5x the rows; halving the draws buys twice the
+    attacker's steps at the same cost."""
     adv_per_concept: bool = False
     """The outer adversarial term erases *every* concept's attacker token on ``batch_size`` images of its concept per
     update (otherwise the ``batch_size`` draws are shared, and with 5 concepts each token is erased on a fifth of
