@@ -80,6 +80,9 @@ ROWS: dict[str, tuple[str, dict]] = {
     "robust-ppc-company-s6": ("robust", S6),
     # The same row trained from another seed (TRAIN_SEED_OFFSET): how far one edit's ASR moves from another's.
     "robust-ppc-company-s6-r1": ("robust", S6),
+    # robust-ppc-company-s6 with its company drawn word by word from the other erased names and the tokenizer's whole
+    # words (the token search's vocabulary): half the words the search finds against s6 name no erased object.
+    "robust-ppc-words-s6": ("robust", S6 | {"company_words": "model"}),
     # The screen of what might make the defence stronger (circle erased alone), run on the earlier defaults (2 inner
     # steps): the attacker's steps, the adversarial term's weight, restarts, the attacker's space, eq. 11's inner gap
     # as written, and the parameters trained. Its winner, 4 inner steps, is the "robust" row.

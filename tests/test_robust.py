@@ -55,6 +55,10 @@ def test_bad_settings_are_refused():
         make_config("robust", company=1.5)
     with pytest.raises(ValueError, match="company_repeats must be at least 1"):
         make_config("robust", company_repeats=0)
+    with pytest.raises(ValueError, match="company_words must be words or 'model'"):
+        make_config("robust", company_words="tokenizer")
+    with pytest.raises(ValueError, match="company_words must be words or 'model'"):
+        make_config("robust", company_words=("red", " "))
 
 
 @pytest.mark.parametrize("space", ["free", "vocab", "both"])
@@ -182,7 +186,36 @@ def test_company_puts_other_erased_names_before_the_token_and_the_own_word(tiny_
         assert any(not torch.equal(alone.tensors[k], other.tensors[k]) for k in alone.tensors)
 
 
-def test_company_needs_two_concepts(tiny_pipe):
-    with pytest.raises(ValueError, match="erase two or more concepts or set company=0") as e:
+def test_company_needs_two_concepts_or_words(tiny_pipe):
+    with pytest.raises(ValueError, match="erase two or more concepts, set company_words, or set company=0") as e:
         erase(tiny_pipe, ["circle"], make_config("robust", company=0.5, **FAST), images=_images(tiny_pipe))
     assert "\n" not in str(e.value)
+    with pytest.raises(ValueError, match="holds only the erased concept's own name; add other words"):
+        cfg = make_config("robust", company=0.5, company_words=("circle",), **FAST)
+        erase(tiny_pipe, ["circle"], cfg, images=_images(tiny_pipe))
+
+
+def test_company_words_are_drawn_one_by_one_from_the_other_names_and_the_words(tiny_pipe):
+    # company_words: each word before the prompt is drawn on its own from the other erased name and the words, never
+    # the concept's own name; one concept is enough; "model" takes the tokenizer's whole words.
+    from unsee.concepts.vocab import model_words
+
+    images = [_images(tiny_pipe, seed=1), _images(tiny_pipe, seed=2)]
+    words = ("red", "blue", "circle")
+
+    def prompts(concepts, company_words, repeats=4):
+        cfg = make_config("robust", **(FAST | dict(iterations=1, inner_steps=1, batch_size=16)), company=1.0,
+                          company_repeats=repeats, company_words=company_words, templates=("{}",))  # fmt: skip
+        edit = erase(tiny_pipe, concepts, cfg, torch.Generator().manual_seed(0), images=images[: len(concepts)])
+        return edit.info["robust_trace"][0]["prompts"]
+
+    seen = set()
+    for p in prompts(["circle", "square"], words):
+        *head, token = p.split()
+        k = int(token[len("<adv") : -1])
+        assert 1 <= len(head) <= 4 and set(head) <= {"red", "blue", "circle", "square"} - {["circle", "square"][k]}, p
+        seen |= set(head)
+    assert seen == {"red", "blue", "circle", "square"}  # every word of each pool is drawn, mixed in one prompt or not
+    alone = prompts(["square"], "model", repeats=1)
+    assert all(len(p.split()) == 2 for p in alone)
+    assert {p.split()[0] for p in alone} <= set(model_words(tiny_pipe)) - {"square"}

@@ -26,6 +26,7 @@ import torch
 from diffusers import DDIMScheduler, StableDiffusionPipeline
 
 from unsee.concepts.inversion import TEMPLATES, denoising_target, encode_images
+from unsee.concepts.vocab import model_words
 from unsee.edits import Edit
 from unsee.methods.base import Run, Trainer, mse, register
 from unsee.methods.eap import EAPConfig, eap_objective
@@ -87,6 +88,12 @@ class RobustConfig(EAPConfig):
     """Share of the outer term's company prompts in which the concept's own word stands for the attacker's token
     ("hexagon hexagon a arrow"), so that the word is erased in that company too."""
     company_repeats: int = 4
+    company_words: tuple[str, ...] | Literal["model"] = ()
+    """Words the company is also drawn from ("model": the tokenizer's whole words, the token search's default
+    vocabulary). With any, each of the 1 to ``company_repeats`` words before the prompt is drawn on its own from the
+    other erased concepts' names and these words (never the concept's own name), and one erased concept is enough.
+    Why: the token search prepends 5 words of its vocabulary, and half of those it finds name no erased object
+    (benchmarks/results/robust_tokens.md), a company that the erased names alone do not train."""
 
     uses_images: ClassVar[bool] = True
 
@@ -104,6 +111,10 @@ class RobustConfig(EAPConfig):
                 raise ValueError(f"{f} must be at least 1, got {getattr(self, f)}")
         if self.inner_batch_size is not None and self.inner_batch_size < 1:
             raise ValueError(f"inner_batch_size must be at least 1 (or None: batch_size), got {self.inner_batch_size}")
+        words = self.company_words
+        if words != "model" and (isinstance(words, str) or not all(isinstance(w, str) and w.strip() for w in words)):
+            raise ValueError(f"company_words must be words or 'model' (the tokenizer's whole words), got "
+                             f"{self.company_words!r}")  # fmt: skip
         if self.restart_every < 0:
             raise ValueError(f"restart_every must be 0 (never) or positive, got {self.restart_every}")
         if not self.templates or any("{}" not in t for t in self.templates):
@@ -163,9 +174,14 @@ class Adversary:
 @register("robust", RobustConfig)
 def erase_robust(pipe: StableDiffusionPipeline, concepts: Sequence[str], cfg: RobustConfig, generator: torch.Generator,
                  *, run: Run, learned: Learned | None = None, images: Sequence[torch.Tensor]) -> Edit:  # fmt: skip
-    if cfg.company > 0 and len(concepts) < 2:
+    if cfg.company > 0 and len(concepts) < 2 and not cfg.company_words:
         raise ValueError(f"company={cfg.company} puts other erased concepts' names in the prompts; erase two or "
-                         "more concepts or set company=0")  # fmt: skip
+                         "more concepts, set company_words, or set company=0")  # fmt: skip
+    words = model_words(pipe) if cfg.company_words == "model" else list(cfg.company_words)
+    # per concept, what its company is drawn from: the other erased names, then the words (none twice, never its own)
+    pools = [list(dict.fromkeys([o for o in concepts if o != c] + [w for w in words if w != c])) for c in concepts]
+    if cfg.company > 0 and not all(pools):
+        raise ValueError(f"company_words={list(words)} holds only the erased concept's own name; add other words")
     latents = [encode_images(pipe, x) for x in images]  # before any training: a wrong size fails at once
     tr = Trainer(pipe, concepts, cfg, generator, run, learned)
     base_step, base_info = (eap_objective if cfg.base == "eap" else esd_objective)(pipe, tr, cfg)
@@ -198,18 +214,25 @@ def erase_robust(pipe: StableDiffusionPipeline, concepts: Sequence[str], cfg: Ro
         return x_t.to(dev, pipe.unet.dtype), t.to(dev), target.to(dev), prompts
 
     def in_company(prompts: list[str], k: torch.Tensor, tpl: torch.Tensor, own: bool) -> list[str]:
-        """Some prompts, preceded by repeats of another erased concept's name (``company``)."""
+        """Some prompts, preceded by repeats of another erased concept's name (``company``), or with
+        ``company_words`` by words each drawn from the concept's pool."""
         n = len(k)
         chosen = torch.rand(n, generator=tr.g) < cfg.company
-        other = torch.randint(len(concepts) - 1, (n,), generator=tr.g)
+        other = torch.randint(max(len(concepts) - 1, 1), (n,), generator=tr.g)
         repeats = torch.randint(1, cfg.company_repeats + 1, (n,), generator=tr.g)
         mine = torch.rand(n, generator=tr.g) < (cfg.company_own if own else 0.0)
+        # drawn only with company_words, so that the runs before them keep their random stream
+        u = torch.rand(n, cfg.company_repeats, generator=tr.g) if words else None
         out = list(prompts)
         for r in torch.nonzero(chosen).flatten().tolist():
             c, o = int(k[r]), int(other[r])
-            o += o >= c  # another concept than c
+            if u is None:
+                o += o >= c  # another concept than c
+                head = [concepts[o]] * int(repeats[r])
+            else:
+                head = [pools[c][int(x * len(pools[c]))] for x in u[r, : int(repeats[r])].tolist()]
             word = concepts[c] if mine[r] else adv.tokens[c]
-            out[r] = " ".join([concepts[o]] * int(repeats[r]) + [cfg.templates[int(tpl[r])].format(word)])
+            out[r] = " ".join(head + [cfg.templates[int(tpl[r])].format(word)])
         return out
 
     def inner() -> float:
