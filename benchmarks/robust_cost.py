@@ -28,7 +28,7 @@ from unsee.world.protocols import SPLITS
 
 UPDATES = 6
 MEASURED = ("robust", "robust-pc", "robust-po", "robust-ppc", "robust-ppc-both", "robust-ppc-company",
-            "robust-ppc-company-s6")  # fmt: skip
+            "robust-ppc-company-s6", "robust-ppc-words-s6")  # fmt: skip
 
 
 def main() -> None:
