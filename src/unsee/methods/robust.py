@@ -93,7 +93,9 @@ class RobustConfig(EAPConfig):
     vocabulary). With any, each of the 1 to ``company_repeats`` words before the prompt is drawn on its own from the
     other erased concepts' names and these words (never the concept's own name), and one erased concept is enough.
     Why: the token search prepends 5 words of its vocabulary, and half of those it finds name no erased object
-    (benchmarks/results/robust_tokens.md), a company that the erased names alone do not train."""
+    (benchmarks/results/robust_tokens.md), a company that the erased names alone do not train. Measured ("model", the
+    robust-ppc-words-s6 row of benchmarks/results/robust.md): the token search's ASR did not fall (16.4% against
+    17.2%) and PSR-1 fell 7 points, the kept objects' names now trained beside the erased token."""
 
     uses_images: ClassVar[bool] = True
 
