@@ -244,6 +244,9 @@ def jobs(args, plan: Plan) -> list[Job]:
         out += [Job("edit", r, f"split{i}") for r in args.split_rows]
         out += [Job("attack", r, f"split{i}", c, a, a) for r in args.split_rows for a in ("inversion", "token-search")
                 for c in SPLITS[i]]  # fmt: skip
+        # Replicates: the same attack from other seeds on the same edit (evaluated on the same z_T, eval_seed 0).
+        out += [Job("attack", r, f"split{i}", c, a, f"{a}_seed{s}", seed=s) for s in args.split_attack_seeds if s
+                for r in args.split_rows for a in args.split_attacks for c in SPLITS[i]]  # fmt: skip
     for row in args.circle_rows:
         for part in args.circle_parts:
             a = {"inversion": "inversion", "tokens": "token-search"}.get(part)
@@ -352,6 +355,16 @@ def main() -> None:
         f"{len(SCREEN_SEEDS)} seeds (the robust variants: {' '.join(SCREEN)})",
     )
     ap.add_argument("--splits", nargs="+", type=int, default=list(range(len(SPLITS))))
+    ap.add_argument("--split-attack-seeds", nargs="+", type=int, default=[0], help="attack seeds of the object "
+                    "protocol's attacks (seed 0 is the table's; the others are replicates on the same edits, "
+                    "reported per seed, averaged and as the best of the seeds)")  # fmt: skip
+    ap.add_argument(
+        "--split-attacks",
+        nargs="+",
+        default=["token-search"],
+        choices=["inversion", "token-search"],
+        help="which attacks the replicate seeds (--split-attack-seeds) run",
+    )
     ap.add_argument("--n", type=int, default=4, help="images per prompt of the object protocol (8 prompts per class)")
     ap.add_argument("--attack-n", type=int, default=8, help="seeds per attack prompt (4 prompts)")
     ap.add_argument("--device", default="cpu")
@@ -418,6 +431,44 @@ def kind(asr_by_probe: dict[str, float], unattacked: float) -> str:
     return "removal" if worst <= 0.20 else "avoidance"
 
 
+def replicates(parts: Path, row: str, per_split: list[dict]) -> dict:
+    """Per attack with replicate seeds on ``row``'s scored split edits: the ASR per attack seed, their mean and the
+    best of the seeds, each over the objects that every seed attacked."""
+    out = {}
+    for a in ("inversion", "token-search"):
+        runs: dict[int, list[AttackResult]] = {}  # seed -> one result per object
+        objects = 0
+        for sc in per_split:
+            i = sc["split"]
+            digest = json.loads(scores_file(parts, row, f"split{i}").read_text()).get("edit_digest")
+            for c in SPLITS[i]:
+                d = parts / "attacks" / f"split{i}" / row / c
+                got = {0: d / a} | {int(f.name.rsplit("_seed", 1)[1]): f for f in d.glob(f"{a}_seed*")}
+                got = {s: AttackResult.load(f, learned=False) for s, f in got.items() if (f / "attack.json").exists()}
+                got = {s: r for s, r in got.items() if r.edit["digest"] == digest}
+                if len(got) < 2:
+                    continue
+                objects += 1
+                for s, r in got.items():
+                    runs.setdefault(s, []).append((i, c, r))
+        if not objects:
+            continue
+        # Only objects that every seed attacked, so that the seeds' rates are paired.
+        common = set.intersection(*({(i, c) for i, c, _ in v} for v in runs.values()))
+        if not common:
+            continue
+        per_seed = {s: [r for i, c, r in v if (i, c) in common] for s, v in sorted(runs.items())}
+        rates = {str(s): sum(r.asr for r in v) / len(v) for s, v in per_seed.items()}
+        by_object: dict[tuple, list[AttackResult]] = {}
+        for v in runs.values():
+            for i, c, r in v:
+                if (i, c) in common:
+                    by_object.setdefault((i, c), []).append(r)
+        best = sum(asr_best_of(rs) for rs in by_object.values()) / len(by_object)
+        out[a] = {"objects": len(common), "per_seed": rates, "mean": sum(rates.values()) / len(rates), "best_of": best}
+    return out
+
+
 def summarise(parts: Path, fp: str, args, plan: Plan) -> tuple[dict, str]:
     flags = judge_flags(fp)
     report: dict = {"model_fingerprint": fp, "settings": vars(args),
@@ -444,6 +495,9 @@ def summarise(parts: Path, fp: str, args, plan: Plan) -> tuple[dict, str]:
             per_split.append({"split": i, **{k: res[k] for k in ("ESR-1", "ESR-3", "PSR-1", "PSR-3", "seconds")}, "asr": asr})
         if per_split:
             report["split"][row] = per_split
+            reps = replicates(parts, row, per_split)
+            if reps:
+                report.setdefault("replicates", {})[row] = reps
         circle = parts / "attacks" / "circle" / row
         # Which edit each circle result was made on: a GPU re-run retrains the edit, not bit for bit.
         digests = sorted({json.loads(f.read_text())["edit"]["digest"] for f in circle.glob("*/attack.json")})
@@ -495,6 +549,23 @@ def summarise(parts: Path, fp: str, args, plan: Plan) -> tuple[dict, str]:
                      f"{mean(rows, 'PSR-3')} | {mean(rows, 'inversion', 'asr')} | {mean(rows, 'token-search', 'asr')} | "
                      f"{mean(rows, 'unattacked', 'asr')} | {count(rows, 'inversion')} / {count(rows, 'token-search')} of "
                      f"{5 * len(rows)} | {secs:.0f} |")  # fmt: skip
+    if report.get("replicates"):
+        lines += [
+            "",
+            "### The same attacks from other seeds, on the same edits",
+            "",
+            "Each replicate is the attack run again from another seed on the same edit, evaluated on the same "
+            "seeds (eval seed 0), over the objects every seed attacked. Best of seeds: a seed counts when any "
+            "run's attacked prompt (or the plain prompt) shows the object: an attacker who restarts.",
+            "",
+            "| method | attack | objects | ASR per attack seed | mean | best of seeds |",
+            "|---" * 6 + "|",
+        ]
+        for row, by in report["replicates"].items():
+            for a, v in by.items():
+                per = " / ".join(f"{k}: {100 * x:.1f}" for k, x in v["per_seed"].items())
+                lines.append(f"| {row} | {a} | {v['objects']} | {per} | {100 * v['mean']:.1f} | "
+                             f"{100 * v['best_of']:.1f} |")  # fmt: skip
     same = sorted((parts / "gpu_split").glob("*_split*.json"))
     if same:  # one GPU run that trained every row's edits side by side: the only like-for-like wall times
         by: dict[str, list[dict]] = {}
