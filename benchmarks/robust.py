@@ -80,6 +80,8 @@ ROWS: dict[str, tuple[str, dict]] = {
     "robust-ppc-company-s6": ("robust", S6),
     # The same row trained from another seed (TRAIN_SEED_OFFSET): how far one edit's ASR moves from another's.
     "robust-ppc-company-s6-r1": ("robust", S6),
+    # EAP trained again from another seed (TRAIN_SEED_OFFSET): how far the baseline's ASR moves between its edits.
+    "eap-r1": SETTINGS["eap"],
     # robust-ppc-company-s6 with its company drawn word by word from the other erased names and the tokenizer's whole
     # words (the token search's vocabulary): half the words the search finds against s6 name no erased object.
     "robust-ppc-words-s6": ("robust", S6 | {"company_words": "model"}),
@@ -96,7 +98,7 @@ ROWS: dict[str, tuple[str, dict]] = {
     "robust-s2-noxattn": ("robust", EAP | S2 | {"params": "noxattn"}),
     "robust-s2-full": ("robust", EAP | S2 | {"params": "full"}),
 }
-TRAIN_SEED_OFFSET = {"robust-ppc-company-s6-r1": 100}  # a replicate row: its edits' seeds are the split's + this
+TRAIN_SEED_OFFSET = {"robust-ppc-company-s6-r1": 100, "eap-r1": 100}  # a replicate row: its edits' seeds are the split's + this
 SCREEN = [r for r in ROWS if r.startswith("robust")]
 SCREEN_SEEDS = (0, 1)  # the screen's inversion at the fixed budget, from two attack seeds
 D_CE_SEED, D_C_SEED = 0, 1  # the defence's training images and the attacker's are different renders
@@ -242,7 +244,7 @@ def jobs(args, plan: Plan) -> list[Job]:
                     seed=s, budget=(("inversion_steps", b),)) for s in SCREEN_SEEDS]  # fmt: skip
     for i in args.splits:  # split by split, so that a worker attacks one split's edits while another trains the next's
         out += [Job("edit", r, f"split{i}") for r in args.split_rows]
-        out += [Job("attack", r, f"split{i}", c, a, a) for r in args.split_rows for a in ("inversion", "token-search")
+        out += [Job("attack", r, f"split{i}", c, a, a) for r in args.split_rows for a in args.split_attacks
                 for c in SPLITS[i]]  # fmt: skip
         # Replicates: the same attack from other seeds on the same edit (evaluated on the same z_T, eval_seed 0).
         out += [Job("attack", r, f"split{i}", c, a, f"{a}_seed{s}", seed=s) for s in args.split_attack_seeds if s
@@ -361,9 +363,9 @@ def main() -> None:
     ap.add_argument(
         "--split-attacks",
         nargs="+",
-        default=["token-search"],
+        default=["inversion", "token-search"],
         choices=["inversion", "token-search"],
-        help="which attacks the replicate seeds (--split-attack-seeds) run",
+        help="the object protocol's attacks, at every seed of --split-attack-seeds",
     )
     ap.add_argument("--n", type=int, default=4, help="images per prompt of the object protocol (8 prompts per class)")
     ap.add_argument("--attack-n", type=int, default=8, help="seeds per attack prompt (4 prompts)")
