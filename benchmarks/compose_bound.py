@@ -18,6 +18,7 @@ from __future__ import annotations
 import argparse
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -122,8 +123,6 @@ def main() -> None:
     judge = load_oracle()
     steps = sampling_defaults("mini").steps
     edits = [Edit.load(f) for f in timing_edits(pipe, fp, RESULTS / "compose", short=True)]
-    import tempfile
-
     with tempfile.TemporaryDirectory() as tmp:
         one, two = (count_rows(pipe, edits, judge, s, Path(tmp)) for s in (1, 2))
     per_step = {k: two[k] - one[k] for k in ("cold", "warm")}
