@@ -435,39 +435,27 @@ def kind(asr_by_probe: dict[str, float], unattacked: float) -> str:
 
 def replicates(parts: Path, row: str, per_split: list[dict]) -> dict:
     """Per attack with replicate seeds on ``row``'s scored split edits: the ASR per attack seed, their mean and the
-    best of the seeds, each over the objects that every seed attacked."""
+    best of the seeds, each over the objects that every seed attacked (so that the seeds' rates are paired)."""
     out = {}
     for a in ("inversion", "token-search"):
-        runs: dict[int, list[AttackResult]] = {}  # seed -> one result per object
-        objects = 0
+        by_object: dict[tuple[int, str], dict[int, AttackResult]] = {}  # (split, object) -> seed -> result
         for sc in per_split:
             i = sc["split"]
             digest = json.loads(scores_file(parts, row, f"split{i}").read_text()).get("edit_digest")
             for c in SPLITS[i]:
                 d = parts / "attacks" / f"split{i}" / row / c
-                got = {0: d / a} | {int(f.name.rsplit("_seed", 1)[1]): f for f in d.glob(f"{a}_seed*")}
-                got = {s: AttackResult.load(f, learned=False) for s, f in got.items() if (f / "attack.json").exists()}
+                found = {0: d / a} | {int(f.name.rsplit("_seed", 1)[1]): f for f in d.glob(f"{a}_seed*")}
+                got = {s: AttackResult.load(f, learned=False) for s, f in found.items() if (f / "attack.json").exists()}
                 got = {s: r for s, r in got.items() if r.edit["digest"] == digest}
-                if len(got) < 2:
-                    continue
-                objects += 1
-                for s, r in got.items():
-                    runs.setdefault(s, []).append((i, c, r))
-        if not objects:
+                if len(got) > 1:
+                    by_object[(i, c)] = got
+        seeds = sorted({s for got in by_object.values() for s in got})
+        paired = [got for got in by_object.values() if len(got) == len(seeds)]
+        if not paired:
             continue
-        # Only objects that every seed attacked, so that the seeds' rates are paired.
-        common = set.intersection(*({(i, c) for i, c, _ in v} for v in runs.values()))
-        if not common:
-            continue
-        per_seed = {s: [r for i, c, r in v if (i, c) in common] for s, v in sorted(runs.items())}
-        rates = {str(s): sum(r.asr for r in v) / len(v) for s, v in per_seed.items()}
-        by_object: dict[tuple, list[AttackResult]] = {}
-        for v in runs.values():
-            for i, c, r in v:
-                if (i, c) in common:
-                    by_object.setdefault((i, c), []).append(r)
-        best = sum(asr_best_of(rs) for rs in by_object.values()) / len(by_object)
-        out[a] = {"objects": len(common), "per_seed": rates, "mean": sum(rates.values()) / len(rates), "best_of": best}
+        rates = {str(s): sum(got[s].asr for got in paired) / len(paired) for s in seeds}
+        best = sum(asr_best_of(list(got.values())) for got in paired) / len(paired)
+        out[a] = {"objects": len(paired), "per_seed": rates, "mean": sum(rates.values()) / len(rates), "best_of": best}
     return out
 
 
