@@ -149,7 +149,7 @@ def composition(pipe, oracle, edits: list[Edit], parts: Path, k: int) -> dict:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", SharedTensorsWarning)
         r = interference_report(pipe, edits, oracle, prompts, labels=JUDGE_LABELS, vocab=vocab, draws=draws, n=REPORT["n"],
-                                seed=REPORT["seed"], cache_dir=cache, keep_images=True)  # fmt: skip
+                                seed=REPORT["seed"], cache_dir=cache, keep_images=True, base_esr=True)  # fmt: skip
     grid = r.grid(RESULTS / f"compose_{k}_grid.png")
     plot_spectra(r, RESULTS / f"compose_{k}_spectrum.png")
     res = r.to_dict() | {"wall_seconds": time.perf_counter() - t0, "cpu_seconds": cpu_seconds() - c0,

@@ -7,7 +7,8 @@ and the count at the model's own steps follows. The FLOPs of one UNet row come f
 and the UNet's speed from timed forwards at the report's 24 rows a call on one thread (the report's two workers
 each run one). Lower bound = rows x seconds per row / 2 cores, the time the UNet alone needs were both cores busy
 throughout; the process start (imports, loading) is timed apart. Cold: an empty cache; warm: the base model's
-images and spectrum outputs cached.
+images and spectrum outputs cached; cold_base_esr: an empty cache, with ``--base-esr`` (the base model's images of
+the erased prompts too).
 
 Writes benchmarks/results/compose_bound.{json,md}. Run on idle cores: ``.venv/bin/python
 benchmarks/compose_bound.py`` (about 3 minutes).
@@ -42,7 +43,8 @@ CALL_ROWS = 2 * REPORT["batch_size"]  # rows of one UNet call: the images' (with
 
 
 def count_rows(pipe, edits: list[Edit], judge, steps: int, tmp: Path) -> dict:
-    """UNet rows of one report at ``steps`` sampling steps: all of them (an empty cache), and the base model's."""
+    """UNet rows of one report at ``steps`` sampling steps: with an empty cache (``cold``), again on the cache it
+    filled (``warm``), and with an empty cache and ``--base-esr`` (``cold_base_esr``)."""
     erased = list(dict.fromkeys(JUDGE_LABELS.get(c, c) for e in edits for c in e.concepts))
     prompts = composition_prompts(erased, n_prompts=REPORT["prompts"], n_preserved=REPORT["preserved"])
     vocab = concept_vocabulary(pipe, neutral=DEFAULT_NEUTRAL, cache_dir=tmp / "vocab")
@@ -56,17 +58,12 @@ def count_rows(pipe, edits: list[Edit], judge, steps: int, tmp: Path) -> dict:
     try:
         draws = make_draws(pipe, REPORT["draws"], seed=REPORT["seed"])
         got = {"draws": rows}
-        cache = tmp / f"cache-{steps}"
-        rows = 0
-        interference_report(pipe, edits, judge, prompts, labels=JUDGE_LABELS, vocab=vocab, draws=draws, n=REPORT["n"],
-                            seed=REPORT["seed"], steps=steps, cache_dir=cache, workers=1,
-                            batch_size=REPORT["batch_size"])  # fmt: skip
-        got["cold"] = got["draws"] + rows
-        rows = 0  # again on the cache the first run filled: what a warm report computes
-        interference_report(pipe, edits, judge, prompts, labels=JUDGE_LABELS, vocab=vocab, draws=draws, n=REPORT["n"],
-                            seed=REPORT["seed"], steps=steps, cache_dir=cache, workers=1,
-                            batch_size=REPORT["batch_size"])  # fmt: skip
-        got["warm"] = got["draws"] + rows
+        for name, cache, base_esr in (("cold", "a", False), ("warm", "a", False), ("cold_base_esr", "b", True)):
+            rows = 0
+            interference_report(pipe, edits, judge, prompts, labels=JUDGE_LABELS, vocab=vocab, draws=draws, n=REPORT["n"],
+                                seed=REPORT["seed"], steps=steps, cache_dir=tmp / f"cache-{steps}-{cache}", workers=1,
+                                batch_size=REPORT["batch_size"], base_esr=base_esr)  # fmt: skip
+            got[name] = got["draws"] + rows
     finally:
         handle.remove()
     return got
@@ -125,9 +122,10 @@ def main() -> None:
     edits = [Edit.load(f) for f in timing_edits(pipe, fp, RESULTS / "compose", short=True)]
     with tempfile.TemporaryDirectory() as tmp:
         one, two = (count_rows(pipe, edits, judge, s, Path(tmp)) for s in (1, 2))
-    per_step = {k: two[k] - one[k] for k in ("cold", "warm")}
-    fixed = {k: one[k] - per_step[k] for k in ("cold", "warm")}
-    rows = {k: fixed[k] + steps * per_step[k] for k in ("cold", "warm")}
+    kinds = ("cold", "warm", "cold_base_esr")
+    per_step = {k: two[k] - one[k] for k in kinds}
+    fixed = {k: one[k] - per_step[k] for k in kinds}
+    rows = {k: fixed[k] + steps * per_step[k] for k in kinds}
     guided = sampling_defaults("mini").guidance_scale > 1
     images = {k: per_step[k] // (2 if guided else 1) for k in per_step}  # each image: a row a step, two with guidance
     speed = unet_speed(pipe, args.repeats)
@@ -146,7 +144,8 @@ def main() -> None:
         f"of `benchmarks/compose.py` ({', '.join(SINGLES)}), its default settings `{REPORT}`, {steps} sampling steps "
         "with guidance. UNet rows counted by a hook on the report itself (at 1 and 2 steps, extrapolated to "
         f"{steps}); FLOPs by torch's flop counter; speed: the median of {args.repeats} forwards of {CALL_ROWS} rows "
-        "on 1 thread. Lower bound: rows x s / row / 2 cores, plus the process start.", "",
+        "on 1 thread. Lower bound: rows x s / row / 2 cores, plus the process start. Cold: an empty cache; warm: the "
+        "base model's images and spectrum outputs cached; cold_base_esr: an empty cache and `--base-esr`.", "",
         "| report | images | UNet rows | TFLOP | UNet s on 2 cores (bound) | + start | bound |", "|---" * 7 + "|",
         *[f"| {k} | {images[k]} | {rows[k]:,} | {rows[k] * speed['gflop_per_row'] / 1e3:.1f} "
           f"| {bound[k]:.0f} s | {start:.1f} s | **{bound[k] + start:.0f} s** |" for k in rows],

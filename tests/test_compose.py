@@ -118,9 +118,21 @@ def test_interference_report_on_a_tiny_model(tiny_pipe, tmp_path):
         r = interference_report(tiny_pipe, [a, b], judge, prompts, n=1, steps=2, guidance_scale=1.0, keep_images=True)
     assert all(torch.equal(v, before[k]) for k, v in state(tiny_pipe).items())  # the pipe is left as it was
     assert set(r.esr) == {"red", "green"} and r.psr["prompts"] == ["a blue circle"]
-    assert r.esr["red"]["edit"] == a.digest and all(0 <= r.esr["red"][m] <= 1 for m in ("base", "alone", "composed"))
+    assert r.esr["red"]["edit"] == a.digest and all(0 <= r.esr["red"][m] <= 1 for m in ("alone", "composed"))
     assert set(r.psr["alone"]) == {a.digest, b.digest}
-    assert r.grid(tmp_path / "grid.png").exists() and "| red |" in r.markdown(["grid.png"])
+    # the base model draws only the preserved prompts unless asked: its ESR is not measured, and says so
+    assert list(r.reads["base"]) == ["a blue circle"] and r.esr["red"]["base"] is None and r.psr["base"] is not None
+    md = r.markdown(["grid.png"])
+    assert "| red |" in md and "| – |" in md and "--base-esr" in md
+    assert r.grid(tmp_path / "grid.png").exists()
+    with pytest.warns(SharedTensorsWarning):
+        full = interference_report(tiny_pipe, [a, b], judge, prompts, n=1, steps=2, guidance_scale=1.0, base_esr=True)
+    assert set(full.reads["base"]) == set(prompts) and 0 <= full.esr["red"]["base"] <= 1
+    # the rest of the report is the same numbers: the base model's extra images change nothing else
+    assert {c: {k: v for k, v in e.items() if k != "base"} for c, e in full.esr.items()} == {
+        c: {k: v for k, v in e.items() if k != "base"} for c, e in r.esr.items()
+    }
+    assert full.psr == r.psr and "--base-esr" not in full.markdown()
     warnings.simplefilter("ignore", SharedTensorsWarning)
     with pytest.raises(ValueError, match="no prompt asks for the erased concept 'green'"):
         interference_report(tiny_pipe, [a, b], judge, {"a red circle": ("red",), "a blue one": ("blue",)}, n=1, steps=1)
@@ -176,9 +188,10 @@ def test_apply_composes_several_edits(tmp_path, capsys, mini_pipe):
     a, b = make_edit(mini_pipe, [Q], 1, "circle").save(tmp_path / "a"), make_edit(mini_pipe, [V], 2, "red").save(tmp_path / "b")
     out = tmp_path / "report"
     assert main(["compose-report", str(a), str(b), "--out", str(out), "--n", "1", "--prompts", "1", "--preserved", "1",
-                 "--draws", "0"]) == 0  # fmt: skip
+                 "--draws", "0", "--base-esr"]) == 0  # fmt: skip
     report = json.loads((out / "compose.json").read_text())
     assert report["model_fingerprint"] == fingerprint(mini_pipe) and set(report["esr"]) == {"circle", "red"}
+    assert report["settings"]["base_esr"] and all(e["base"] is not None for e in report["esr"].values())
     assert (out / "grid.png").exists() and "![grid](grid.png)" in (out / "compose.md").read_text()
 
 
@@ -213,7 +226,7 @@ def test_interference_report_with_a_cache_is_the_same_report(tiny_pipe, tmp_path
     judge = ClassifierJudge(lambda im: im.mean((2, 3)) * 10, ("red", "green", "blue"), name="colour")
     a, b = make_edit(tiny_pipe, [K], 1, "red"), make_edit(tiny_pipe, [V], 2, "green")
     prompts = {"a red circle": ("red",), "a green circle": ("green",), "a blue circle": ("blue",)}
-    kw = dict(n=2, steps=2, guidance_scale=2.0)
+    kw = dict(n=2, steps=2, guidance_scale=2.0, base_esr=True)
     plain = interference_report(tiny_pipe, [a, b], judge, prompts, **kw)
     cold = interference_report(tiny_pipe, [a, b], judge, prompts, cache_dir=tmp_path, **kw)
     warm = interference_report(tiny_pipe, [a, b], judge, prompts, cache_dir=tmp_path, **kw)

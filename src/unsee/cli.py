@@ -723,7 +723,8 @@ def _compose_report(args: argparse.Namespace) -> None:
     with shared_tensor_warnings():
         report = interference_report(pipe, edits, load_oracle(), prompts, labels=JUDGE_LABELS, vocab=vocab, draws=draws,
                                      n=args.n, seed=args.seed, cache_dir=args.cache, keep_images=True, force=args.force,
-                                     progress=True, workers=args.workers, batch_size=args.batch_size)  # fmt: skip
+                                     progress=True, workers=args.workers, batch_size=args.batch_size,
+                                     base_esr=args.base_esr)  # fmt: skip
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     images = [report.grid(out / "grid.png").name]
@@ -754,6 +755,10 @@ def _add_compose_report(sub: argparse._SubParsersAction) -> None:
                     "on its own copy of the model, the CPU threads shared between them (default 2 where there are 2 "
                     "cores: the 10-edit report, base model cached, took 96 s against 106 s with 1 in one run and 107 "
                     "against 105 s in another; benchmarks/results/compose.md)")  # fmt: skip
+    cr.add_argument("--base-esr", action="store_true", help="also each erased concept's ESR-1 under the base model "
+                    "(how often it fails to draw the concept at all): the base model's images of every erased "
+                    "prompt, about a sixth of the 10-edit report's work the first time (later reports take them from "
+                    "--cache)")  # fmt: skip
     cr.add_argument("--batch-size", type=int, default=12, help="images per UNet call (default 12: on a CPU the mini "
                     "model runs fastest per image at about this size, benchmarks/results/unet_batch.md)")  # fmt: skip
     cr.set_defaults(func=_compose_report)

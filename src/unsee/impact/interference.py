@@ -7,6 +7,9 @@ measures, with any :class:`unsee.judges.Judge`:
   the edit that erased it alone and under the composition;
 - PSR-1 (the judge's top-1 is what the prompt asks for) on the prompts that ask for no erased concept,
   under the composition, under each edit alone and under the base model;
+- with ``base_esr``, each erased concept's ESR-1 under the base model too: how often the base model fails to draw
+  it at all, which a low ESR alone can be read against. It is the base model's images of every erased prompt,
+  a sixth of the 10-edit report's work when nothing is cached, so it is asked for, not drawn by default;
 - with a vocabulary, the sensitivity spectrum of the composition against the sum of the edits' single
   spectra. A spectrum score is minus the squared change of the model's output on a concept; were the
   edits' changes independent of each other, the composition's score would be the sum of theirs, so
@@ -51,7 +54,8 @@ class Interference:
     composed: dict
     """The composition's digest, concepts and the tensors several parts change (tensor -> digests)."""
     esr: dict[str, dict]
-    """Erased concept -> ESR-1 under ``base``, its edit ``alone`` and ``composed``, with the edit's digest."""
+    """Erased concept -> ESR-1 under ``base`` (None without ``base_esr``), its edit ``alone`` and ``composed``, with
+    the edit's digest."""
     psr: dict
     """PSR-1 of ``base``, ``composed`` and each part ``alone`` (digest -> PSR-1), and ``per_concept`` rates."""
     spectrum: dict | None
@@ -74,8 +78,10 @@ class Interference:
                  f"the judge's top-1. Written in {self.seconds:.0f} s.", "",
                  "| erased concept | its edit | ESR-1 base | ESR-1 alone | ESR-1 composed |", "|---" * 5 + "|"]  # fmt: skip
         for c, e in self.esr.items():
-            lines.append(f"| {c} | {name[e['edit']]} | {100 * e['base']:.1f} | {100 * e['alone']:.1f} | "
-                         f"{100 * e['composed']:.1f} |")  # fmt: skip
+            base = "–" if e["base"] is None else f"{100 * e['base']:.1f}"
+            lines.append(f"| {c} | {name[e['edit']]} | {base} | {100 * e['alone']:.1f} | {100 * e['composed']:.1f} |")
+        if any(e["base"] is None for e in self.esr.values()):
+            lines += ["", "ESR-1 base: not measured (`base_esr=True`, `unsee compose-report --base-esr`)."]
         lines += ["", f"PSR-1 over {len(self.psr['prompts'])} prompts that ask for no erased concept: base "
                   f"{100 * self.psr['base']:.1f}, composed {100 * self.psr['composed']:.1f}.", "",
                   "| edit alone | PSR-1 | composed minus alone |", "|---|---|---|"]  # fmt: skip
@@ -92,17 +98,19 @@ class Interference:
 
     def grid(self, path: str | Path, *, n_preserved: int = 4, cell: int = 64) -> Path:
         """One row per prompt, the same seeds across a row: the first prompt of each erased concept (base, its edit
-        alone, composed) and the first ``n_preserved`` preserved prompts (base, blank, composed)."""
+        alone, composed) and the first ``n_preserved`` preserved prompts (base, blank, composed). A cell not
+        measured (the erased prompts' base without ``base_esr``) is blank."""
         from unsee.images import image_grid
 
-        if not self.reads or next(iter(self.reads["base"].values())).images is None:
+        if not self.reads or next(iter(self.reads["composed"].values())).images is None:
             raise ValueError("the report kept no images; run interference_report with `keep_images=True`")
         cells, labels = [], []
         rows = [(e["prompts"][0], e["edit"]) for e in self.esr.values()] + [(p, None) for p in self.psr["prompts"][:n_preserved]]
         for p, edit in rows:
-            base = self.reads["base"][p].images
-            alone = self.reads[edit][p].images if edit is not None else torch.ones_like(base)
-            cells += [base, alone, self.reads["composed"][p].images]
+            both = self.reads["composed"][p].images
+            base = self.reads["base"][p].images if p in self.reads["base"] else torch.ones_like(both)
+            alone = self.reads[edit][p].images if edit is not None else torch.ones_like(both)
+            cells += [base, alone, both]
             labels.append(f'"{p}"' + (" (kept)" if edit is None else ""))
         title = (f"{len(self.parts)} composed edits ({', '.join(self.composed['concepts'])}); columns: base | the "
                  "concept's edit alone | composed, same seeds")  # fmt: skip
@@ -190,6 +198,7 @@ def interference_report(
     progress: bool = False,
     workers: int = 1,
     batch_size: int = 12,
+    base_esr: bool = False,
 ) -> Interference:
     """Compose ``edits`` on ``pipe`` (their base model) and measure how they interfere (see the module).
 
@@ -205,6 +214,9 @@ def interference_report(
     model's operations do not keep every core busy, the report is written sooner. The images can then differ from
     one worker's in the last bits (a CPU's sums depend on how many threads share them). One process under
     ``accelerate launch`` uses one worker.
+
+    ``base_esr``: also draw the base model's images of the erased prompts, for each concept's ESR-1 under the base
+    model (by default the base model draws only the preserved prompts, for its PSR-1).
 
     ``batch_size``: images per UNet call (twice as many rows with guidance; the spectra take ``2 * batch_size``
     (word, draw) pairs a call). Small calls keep a small model's activations in the CPU's caches: on 2 cores, two
@@ -256,7 +268,7 @@ def interference_report(
         return dict(zip(ps, res))
 
     every = list(asked)
-    jobs: dict[str, tuple[Edit | None, list[str]]] = {"base": (None, every), "composed": (composed, every)}
+    jobs: dict[str, tuple[Edit | None, list[str]]] = {"base": (None, every if base_esr else kept), "composed": (composed, every)}
     for part in parts:
         mine = [p for p in every if p in kept or set(asked[p]) & {c for c, d in erased.items() if d == part["digest"]}]
         jobs[part["digest"]] = (by_digest[part["digest"]], mine)
@@ -285,7 +297,7 @@ def interference_report(
     def psr(model: str) -> float:
         return float(np.mean([rate(reads[model][p], judge, c) for p in kept for c in asked[p]]))
 
-    esr_table = {c: {"edit": d, "prompts": own[c], "base": esr("base", c), "alone": esr(d, c),
+    esr_table = {c: {"edit": d, "prompts": own[c], "base": esr("base", c) if base_esr else None, "alone": esr(d, c),
                      "composed": esr("composed", c)} for c, d in erased.items()}  # fmt: skip
     preserved = list(dict.fromkeys(c for p in kept for c in asked[p]))
     per_concept = {c: {m: float(np.mean([rate(reads[m][p], judge, c) for p in kept if c in asked[p]])) for m in reads}
@@ -304,7 +316,14 @@ def interference_report(
         esr=esr_table,
         psr=psr_table,
         spectrum=spec,
-        settings={"n": n, "seed": seed, "steps": steps, "guidance_scale": guidance_scale, "prompts": len(asked)},
+        settings={
+            "n": n,
+            "seed": seed,
+            "steps": steps,
+            "guidance_scale": guidance_scale,
+            "prompts": len(asked),
+            "base_esr": base_esr,
+        },
         seconds=time.perf_counter() - t0,
         reads=reads,
     )
