@@ -207,12 +207,14 @@ def markdown(report: dict) -> str:
     lines = ["# Composing single-concept erasures on the mini model", "",
              f"Model: `mini`, fingerprint `{report['model_fingerprint']}`. Edits: EAP at the erasure benchmark's settings "
              f"(seed {SEED}), one concept each, composed with `Edit.compose` (deltas summed). Report settings: "
-             f"`{json.dumps(REPORT)}` (`unsee compose-report`'s defaults).", ""]  # fmt: skip
+             f"`{json.dumps(REPORT)}` (`unsee compose-report`'s defaults), with the base model's ESR "
+             "(`--base-esr`).", ""]  # fmt: skip
     t = report.get("report_10_timing")
     if t:
         trained = t.get("edits_trained", "the benchmark's")
         flag = " --time-short-edits" if "iterations" in trained else ""
-        lines += [f"`unsee compose-report` on the 10 edits, timed as a user runs it (a fresh process, model load "
+        base = " with `--base-esr`" if t.get("base_esr", True) else " (without `--base-esr`)"
+        lines += [f"`unsee compose-report` on the 10 edits{base}, timed as a user runs it (a fresh process, model load "
                   f"included, {t['cpus']} CPUs, `python benchmarks/compose.py --time-report{flag}`; the edits: "
                   f"{trained}; the command's default `--workers` is 2 on 2 cores):", "",
                   "| `--workers` | first report on the model (empty cache) | later reports (base model cached) |",
@@ -225,11 +227,13 @@ def markdown(report: dict) -> str:
         if len(runs) > 1:
             lines += ["The same table's `--workers 2` row in every run kept, oldest first (first report / later ones): "
                       + "; ".join(f"{r.get('date', 'undated')}: {r['cold_seconds']:.0f} / {r['warm_seconds']:.0f} s"
+                                  + (" (with the base model's ESR, the default then)" if r.get("base_esr", True) else "")
                                   for r in runs) + ".", ""]  # fmt: skip
     a = report.get("report_10_against")
     if a:
         cold = a["cold_seconds"]
-        lines += ["The first report (`--workers 2`), under an earlier commit's code and this one's, one after the other "
+        lines += ["The first report (`--workers 2`, each code's default report), under an earlier commit's code and this "
+                  "one's, one after the other "
                   "on the same idle machine (`python benchmarks/compose.py --time-against COMMIT --time-short-edits`): "
                   + ", ".join(f"{k} {v:.0f} s" for k, v in cold.items()) + ".", ""]  # fmt: skip
     dw = report.get("done_when")
@@ -345,7 +349,8 @@ def time_report(out: Path, short: bool = False) -> None:
     edits = timing_edits(pipe, fp, out, short)
     cli = Path(sys.executable).with_name("unsee")
     timing = {"model_fingerprint": fp, "edits": len(edits), "cpus": os.cpu_count(), "by_workers": {},
-              "edits_trained": "2 iterations (same tensors, same work)" if short else "the benchmark's"}  # fmt: skip
+              "edits_trained": "2 iterations (same tensors, same work)" if short else "the benchmark's",
+              "base_esr": False}  # fmt: skip  # the command's default; before 73300b1 it drew the base model's ESR too
     for workers in (2, 1):
         with tempfile.TemporaryDirectory() as tmp:
             t = timing["by_workers"][str(workers)] = {}
