@@ -123,7 +123,7 @@ def test_interference_report_on_a_tiny_model(tiny_pipe, tmp_path):
     # the base model draws only the preserved prompts unless asked: its ESR is not measured, and says so
     assert list(r.reads["base"]) == ["a blue circle"] and r.esr["red"]["base"] is None and r.psr["base"] is not None
     md = r.markdown(["grid.png"])
-    assert "| red |" in md and "| – |" in md and "--base-esr" in md
+    assert "| red |" in md and "ESR-1 base" not in md and "--base-esr" in md
     assert r.grid(tmp_path / "grid.png").exists()
     with pytest.warns(SharedTensorsWarning):
         full = interference_report(tiny_pipe, [a, b], judge, prompts, n=1, steps=2, guidance_scale=1.0, base_esr=True)
@@ -132,7 +132,7 @@ def test_interference_report_on_a_tiny_model(tiny_pipe, tmp_path):
     assert {c: {k: v for k, v in e.items() if k != "base"} for c, e in full.esr.items()} == {
         c: {k: v for k, v in e.items() if k != "base"} for c, e in r.esr.items()
     }
-    assert full.psr == r.psr and "--base-esr" not in full.markdown()
+    assert full.psr == r.psr and "--base-esr" not in full.markdown() and "| ESR-1 base |" in full.markdown()
     warnings.simplefilter("ignore", SharedTensorsWarning)
     with pytest.raises(ValueError, match="no prompt asks for the erased concept 'green'"):
         interference_report(tiny_pipe, [a, b], judge, {"a red circle": ("red",), "a blue one": ("blue",)}, n=1, steps=1)

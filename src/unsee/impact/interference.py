@@ -75,13 +75,15 @@ class Interference:
         lines = [f"# Composition of {len(self.parts)} edits: {', '.join(self.composed['concepts'])}", "",
                  f"Composed edit `{self.composed['digest']}` (deltas summed; {len(self.composed['shared'])} tensors "
                  f"changed by several edits). Images per prompt: {self.settings['n']}, the same seeds under every model; "
-                 f"the judge's top-1. Written in {self.seconds:.0f} s.", "",
-                 "| erased concept | its edit | ESR-1 base | ESR-1 alone | ESR-1 composed |", "|---" * 5 + "|"]  # fmt: skip
+                 f"the judge's top-1. Written in {self.seconds:.0f} s.", ""]  # fmt: skip
+        with_base = all(e["base"] is not None for e in self.esr.values())
+        head = ["erased concept", "its edit"] + ["ESR-1 base"] * with_base + ["ESR-1 alone", "ESR-1 composed"]
+        lines += ["| " + " | ".join(head) + " |", "|---" * len(head) + "|"]
         for c, e in self.esr.items():
-            base = "–" if e["base"] is None else f"{100 * e['base']:.1f}"
-            lines.append(f"| {c} | {name[e['edit']]} | {base} | {100 * e['alone']:.1f} | {100 * e['composed']:.1f} |")
-        if any(e["base"] is None for e in self.esr.values()):
-            lines += ["", "ESR-1 base: not measured (`base_esr=True`, `unsee compose-report --base-esr`)."]
+            cells = [c, name[e["edit"]]] + [f"{100 * e['base']:.1f}"] * with_base
+            lines.append("| " + " | ".join(cells + [f"{100 * e['alone']:.1f}", f"{100 * e['composed']:.1f}"]) + " |")
+        if not with_base:
+            lines += ["", "The base model's ESR-1 was not measured (`base_esr=True`, `unsee compose-report --base-esr`)."]
         lines += ["", f"PSR-1 over {len(self.psr['prompts'])} prompts that ask for no erased concept: base "
                   f"{100 * self.psr['base']:.1f}, composed {100 * self.psr['composed']:.1f}.", "",
                   "| edit alone | PSR-1 | composed minus alone |", "|---|---|---|"]  # fmt: skip
@@ -114,6 +116,8 @@ class Interference:
             labels.append(f'"{p}"' + (" (kept)" if edit is None else ""))
         title = (f"{len(self.parts)} composed edits ({', '.join(self.composed['concepts'])}); columns: base | the "
                  "concept's edit alone | composed, same seeds")  # fmt: skip
+        if any(p not in self.reads["base"] for p, _ in rows):
+            title += "; blank: not drawn"
         grid = image_grid(torch.cat(cells), cols=3 * self.settings["n"], cell=cell, row_labels=labels, title=title)
         path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
