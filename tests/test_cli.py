@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
+import argparse
 import json
+import subprocess
+import sys
 import time
 
 import pytest
 from PIL import Image
 
 from unsee import __version__
-from unsee.cli import build_parser, main, mini_config
+from unsee.cli import COMMANDS, build_parser, command_in, main, mini_config
 from unsee.world.mini import MiniConfig
 
 
@@ -83,6 +86,28 @@ def _subparser(*names: str):
     for name in names:
         parser = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction)).choices[name]
     return parser
+
+
+def test_the_help_lists_every_command_without_importing_torch():
+    """`unsee --help` answers from the commands' names: no registry, no torch (which took it 7 s)."""
+    code = ("import sys\nfrom unsee.cli import main\ntry:\n    main(['--help'])\nexcept SystemExit as e:\n"
+            "    assert e.code == 0, e.code\nassert 'torch' not in sys.modules, 'the help imported torch'\n")  # fmt: skip
+    run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert run.returncode == 0, run.stderr
+    assert all(name in run.stdout for name in COMMANDS) and "erase concepts" in run.stdout
+
+
+def test_a_parser_built_for_one_command_parses_as_the_whole_parser():
+    def options(parser, name):
+        sub = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction)).choices[name]
+        return {(a.dest, tuple(a.option_strings), repr(a.default), repr(a.choices), a.help) for a in sub._actions}
+
+    whole = build_parser()
+    for name in COMMANDS:
+        assert options(build_parser(name), name) == options(whole, name), name
+    assert options(build_parser(""), "erase") == options(build_parser(""), "generate")  # names and help only
+    assert command_in(["--help"]) == command_in(["bogus"]) == command_in([]) == ""
+    assert command_in(["erase", "--concept", "circle"]) == "erase" and command_in(["world", "train"]) == "world"
 
 
 LIBRARY_CHATTER = ("requires torchvision", "[transformers]", "Loading pipeline components", "Loading weights", "it/s]")

@@ -6,14 +6,14 @@ import argparse
 import os
 import re
 import sys
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import fields
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 from unsee import __version__
-from unsee.report import add_parser as _add_report
+from unsee.report import add_arguments as _add_report
 
 if TYPE_CHECKING:
     from unsee.world.mini import MiniConfig
@@ -100,10 +100,9 @@ def _world_train_judge(args: argparse.Namespace) -> None:
     print("held-out top-1: " + ", ".join(f"{h} {v:.1%}" for h, v in acc.items()))
 
 
-def _add_world(sub: argparse._SubParsersAction) -> None:
+def _add_world(world: argparse.ArgumentParser) -> None:
     from unsee.world.mini import MiniConfig
 
-    world = sub.add_parser("world", help="the drawn world: sample it, train its oracle and mini model")
     wsub = world.add_subparsers(dest="world_cmd", required=True)
     tr = wsub.add_parser("train", help="train the mini text-to-image model from scratch")
     defaults = MiniConfig()
@@ -324,10 +323,9 @@ def _preview_prompts(model: str, concepts: list[str]) -> list[str]:
     return prompts
 
 
-def _add_erase(sub: argparse._SubParsersAction) -> None:
+def _add_erase(er: argparse.ArgumentParser) -> None:
     from unsee.methods import methods
 
-    er = sub.add_parser("erase", help="erase concepts; writes an edit folder and a before/after grid")
     er.add_argument("--model", default="mini")
     er.add_argument("--method", default="eap", choices=methods())
     er.add_argument("--concept", action="append", required=True,
@@ -442,12 +440,10 @@ def invert_preview(pipe, model: str, concept, images, edit, path: Path, *, seed:
     return path
 
 
-def _add_invert(sub: argparse._SubParsersAction) -> None:
+def _add_invert(inv: argparse.ArgumentParser) -> None:
     from unsee.concepts.inversion import InversionConfig
 
     d = InversionConfig()
-    inv = sub.add_parser("invert", help="learn a new token from images of a concept (textual inversion); writes a learned "
-                         "concept folder that unsee erase --learned and diffusers' load_textual_inversion read")  # fmt: skip
     inv.add_argument("--model", default="mini")
     inv.add_argument("--edit", default=None, help="learn through this edit (the inversion attack on an erased model)")
     inv.add_argument("--images", required=True, help="folder of images of the concept, at the model's resolution")
@@ -578,11 +574,9 @@ def attack_grid(result, path: Path, n_show: int = 3, cols: int = 8) -> Path:
     return path
 
 
-def _add_attack(sub: argparse._SubParsersAction) -> None:
+def _add_attack(at: argparse.ArgumentParser) -> None:
     from unsee.attacks import attacks
 
-    at = sub.add_parser("attack", help="attack an erased model to bring its concept back; writes attack.json (ASR) and "
-                        "a grid of base, erased and attacked images")  # fmt: skip
     at.add_argument("--model", default=None, help="mini, a folder or a hub id (default: the edit's own model, else mini)")
     at.add_argument("--edit", required=True, help="the erasure to attack (unsee erase --out)")
     at.add_argument("--method", default="inversion", choices=attacks())
@@ -648,9 +642,7 @@ def _apply(args: argparse.Namespace) -> None:
     print(f"merged diffusers pipeline ({what}) written to {out}")
 
 
-def _add_apply(sub: argparse._SubParsersAction) -> None:
-    ap = sub.add_parser("apply", help="merge an edit, or several composed (their changes summed), into a model and "
-                        "write a diffusers folder")  # fmt: skip
+def _add_apply(ap: argparse.ArgumentParser) -> None:
     ap.add_argument("edit", nargs="+", help="edit folders; several are composed: each one's change to the base model is "
                     "added, and a tensor two edits change gets the sum of both changes (a warning names them)")  # fmt: skip
     ap.add_argument("--model", default=None, help="mini, a folder or a hub id (default: the edit's own model, else mini)")
@@ -677,9 +669,7 @@ def _export(args: argparse.Namespace) -> None:
           f"{report['max_error']:.3g}, mean {report['mean_error']:.3g}{dropped}; see lora_report.json)")  # fmt: skip
 
 
-def _add_export(sub: argparse._SubParsersAction) -> None:
-    ex = sub.add_parser("export", help="export an edit as a LoRA that diffusers' pipe.load_lora_weights(DIR) loads "
-                        "(a full merged model: unsee apply)")  # fmt: skip
+def _add_export(ex: argparse.ArgumentParser) -> None:
     ex.add_argument("edit", help="edit folder")
     ex.add_argument("--format", choices=["lora"], required=True, help="lora: each changed weight's delta by truncated SVD")
     ex.add_argument("--rank", type=int, required=True, help="the LoRA's rank (every layer's; its alpha is the same)")
@@ -738,9 +728,7 @@ def _compose_report(args: argparse.Namespace) -> None:
     print(f"wrote {out / 'compose.json'}, {out / 'compose.md'} and {', '.join(str(out / i) for i in images)}")
 
 
-def _add_compose_report(sub: argparse._SubParsersAction) -> None:
-    cr = sub.add_parser("compose-report", help="how separately made edits interfere when composed: each concept's "
-                        "ESR alone and composed, PSR composed vs each alone, the spectra (JSON + a page of grids)")  # fmt: skip
+def _add_compose_report(cr: argparse.ArgumentParser) -> None:
     cr.add_argument("edit", nargs="+", help="edit folders (two or more), made on one base model")
     cr.add_argument("--model", default="mini")
     cr.add_argument("--out", required=True, help="folder (compose.json, compose.md, grid.png, spectrum.png)")
@@ -799,9 +787,7 @@ def _alpha(args: argparse.Namespace) -> None:
     print(f"wrote {out / 'alpha.json'} and, per group, alpha_<group>.png (heat map) and alpha_<group>_grid.png")
 
 
-def _add_alpha(sub: argparse._SubParsersAction) -> None:
-    al = sub.add_parser("alpha", help="which concepts take over composed prompts: the dominance matrix, alpha scores "
-                        "and what predicts them (JSON + heat maps + grids)")  # fmt: skip
+def _add_alpha(al: argparse.ArgumentParser) -> None:
     al.add_argument("--model", default="mini")
     al.add_argument("--concepts", nargs="+", required=True, help="objects and/or colours (each group is measured apart)")
     al.add_argument("--out", required=True, help="folder (alpha.json, alpha_<group>.png, alpha_<group>_grid.png)")
@@ -860,9 +846,7 @@ def _protect(args: argparse.Namespace) -> None:
           f"l_inf {result.linf * 255:.1f}/255) in {result.seconds:.0f} s: {out / 'images'}, {out / 'grid.png'}")  # fmt: skip
 
 
-def _add_protect(sub: argparse._SubParsersAction) -> None:
-    pr = sub.add_parser("protect", help="perturb images (l_inf-bounded) so that a personalisation trained on them learns "
-                        "a chosen concept instead of what they show (anti-personalisation)")  # fmt: skip
+def _add_protect(pr: argparse.ArgumentParser) -> None:
     pr.add_argument("--model", default="mini")
     pr.add_argument("--images", required=True, help="folder of RGB images at the model's size")
     pr.add_argument("--out", required=True, help="folder (images/ with the same names, grid.png, protect.json)")
@@ -1061,8 +1045,7 @@ def _evaluate(args: argparse.Namespace) -> None:
     print(md)
 
 
-def _add_evaluate(sub: argparse._SubParsersAction) -> None:
-    ev = sub.add_parser("evaluate", help="oracle-judged erasure metrics on the mini world, with a 2nd judge (JSON + Markdown)")
+def _add_evaluate(ev: argparse.ArgumentParser) -> None:
     ev.add_argument("--model", default=None, help="mini, a folder or a hub id (default: the edit's own model, else mini)")
     ev.add_argument("--edit", default=None)
     ev.add_argument("--protocol", choices=["objects", "style"], default="objects")
@@ -1155,8 +1138,7 @@ def _spectrum(args: argparse.Namespace) -> None:
             print(f"wrote {out / 'extremes.png'} (the {k} most and least affected concepts, base vs edited, same seeds)")
 
 
-def _add_spectrum(sub: argparse._SubParsersAction) -> None:
-    sp = sub.add_parser("spectrum", help="the sensitivity spectrum of an edit over a vocabulary (JSON + plots)")
+def _add_spectrum(sp: argparse.ArgumentParser) -> None:
     sp.add_argument("--model", default=None, help="mini, a folder or a hub id (default: the edit's own model, else mini)")
     sp.add_argument("--edit", default=None, help="edit folder (default: the identity edit)")
     sp.add_argument("--words", nargs="*", default=None, help="vocabulary (default: the tokenizer's words)")
@@ -1181,11 +1163,7 @@ def _models(args: argparse.Namespace) -> None:
         print(f"{name:8s} {size:>10s}  {path}")
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="unsee", description=__doc__)
-    parser.add_argument("--version", action="version", version=f"unsee {__version__}")
-    sub = parser.add_subparsers(dest="cmd", required=True)
-    gen = sub.add_parser("generate", help="generate a labelled image grid")
+def _add_generate(gen: argparse.ArgumentParser) -> None:
     gen.add_argument("--model", default=None, help="mini, a folder or a hub id (default: the edit's own model, else mini)")
     gen.add_argument("--prompt", action="append", required=True, help="repeat for several prompts")
     gen.add_argument("--n", type=int, default=8, help="images per prompt")
@@ -1198,21 +1176,59 @@ def build_parser() -> argparse.ArgumentParser:
     gen.add_argument("--edit", default=None, help="apply this edit folder first")
     gen.add_argument("--force", action="store_true", help="apply an edit made for another base model")
     gen.set_defaults(func=_generate)
-    _add_invert(sub)
-    _add_erase(sub)
-    _add_attack(sub)
-    _add_apply(sub)
-    _add_export(sub)
-    _add_compose_report(sub)
-    _add_alpha(sub)
-    _add_protect(sub)
-    _add_evaluate(sub)
-    _add_spectrum(sub)
-    _add_report(sub)
-    mod = sub.add_parser("models", help="list the bundled models")
+
+
+def _add_models(mod: argparse.ArgumentParser) -> None:
     mod.set_defaults(func=_models)
-    _add_world(sub)
+
+
+# The commands in the order `unsee --help` lists them: name -> (help, the function that adds its arguments). A
+# command's arguments import what they name (the method and attack registries, their configs: torch and diffusers,
+# seconds), so a parser is built with the arguments of the command run only, and `unsee --help` with none.
+COMMANDS: dict[str, tuple[str, Callable[[argparse.ArgumentParser], None]]] = {
+    "generate": ("generate a labelled image grid", _add_generate),
+    "invert": ("learn a new token from images of a concept (textual inversion); writes a learned concept folder that "
+               "unsee erase --learned and diffusers' load_textual_inversion read", _add_invert),
+    "erase": ("erase concepts; writes an edit folder and a before/after grid", _add_erase),
+    "attack": ("attack an erased model to bring its concept back; writes attack.json (ASR) and a grid of base, erased "
+               "and attacked images", _add_attack),
+    "apply": ("merge an edit, or several composed (their changes summed), into a model and write a diffusers folder",
+              _add_apply),
+    "export": ("export an edit as a LoRA that diffusers' pipe.load_lora_weights(DIR) loads (a full merged model: unsee "
+               "apply)", _add_export),
+    "compose-report": ("how separately made edits interfere when composed: each concept's ESR alone and composed, PSR "
+                       "composed vs each alone, the spectra (JSON + a page of grids)", _add_compose_report),
+    "alpha": ("which concepts take over composed prompts: the dominance matrix, alpha scores and what predicts them "
+              "(JSON + heat maps + grids)", _add_alpha),
+    "protect": ("perturb images (l_inf-bounded) so that a personalisation trained on them learns a chosen concept "
+                "instead of what they show (anti-personalisation)", _add_protect),
+    "evaluate": ("oracle-judged erasure metrics on the mini world, with a 2nd judge (JSON + Markdown)", _add_evaluate),
+    "spectrum": ("the sensitivity spectrum of an edit over a vocabulary (JSON + plots)", _add_spectrum),
+    "report": ("one self-contained HTML page on an erasure (grids, ESR/PSR/ASR tables, spectrum, settings and a "
+               "verdict): what to open before shipping it", _add_report),
+    "models": ("list the bundled models", _add_models),
+    "world": ("the drawn world: sample it, train its oracle and mini model", _add_world),
+}  # fmt: skip
+
+
+def build_parser(command: str | None = None) -> argparse.ArgumentParser:
+    """The ``unsee`` parser. ``command``: build only that command's arguments ("" none: the other commands keep
+    their names and help, enough for ``unsee --help``); None builds every command's."""
+    parser = argparse.ArgumentParser(prog="unsee", description=__doc__)
+    parser.add_argument("--version", action="version", version=f"unsee {__version__}")
+    sub = parser.add_subparsers(dest="cmd", required=True)
+    for name, (help_, add) in COMMANDS.items():
+        p = sub.add_parser(name, help=help_)
+        if command is None or command == name:
+            add(p)
     return parser
+
+
+def command_in(argv: Sequence[str]) -> str:
+    """The command ``argv`` runs ("" where it names none: ``unsee --help``, ``--version``, nothing or a typo). The
+    top-level parser has no options that take a value, so the command is the first word that is not an option."""
+    first = next((a for a in argv if not a.startswith("-")), "")
+    return first if first in COMMANDS else ""
 
 
 # Library errors name Python parameters in backticks (`lr`, `force=True`); the CLI names its flags.
@@ -1267,7 +1283,11 @@ def cli_message(message: str, flags: set[str] | None = None) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from unsee.machine import keep_freed_memory
+    argv = sys.argv[1:] if argv is None else list(argv)
+    command = command_in(argv)
+    if not command:  # help, the version, or a usage error: argparse answers from the commands' names alone
+        build_parser("").parse_args(argv)
+    from unsee.machine import keep_freed_memory  # imports torch: not for the help
     from unsee.quiet import quiet_libraries
 
     keep_freed_memory()  # the command owns its process: no fresh pages for every large activation
@@ -1275,7 +1295,7 @@ def main(argv: list[str] | None = None) -> int:
     # The command's own output, not its libraries' warnings and loading bars; entered before
     # build_parser, whose imports already import diffusers' pipelines (transformers warns then).
     with quiet_libraries():
-        parser = build_parser()
+        parser = build_parser(command)
         args = parser.parse_args(argv)
         try:
             args.func(args)

@@ -678,10 +678,8 @@ def _report(args: argparse.Namespace) -> None:
     print(f"verdict: {v.headline}")
 
 
-def add_parser(sub: argparse._SubParsersAction) -> None:
+def add_arguments(rp: argparse.ArgumentParser) -> None:
     """``unsee report EDIT_DIR [--evaluation FILE.json ...] [--spectrum DIR] [--attack FILE.json ...] --out FILE.html``."""
-    rp = sub.add_parser("report", help="one self-contained HTML page on an erasure (grids, ESR/PSR/ASR tables, "
-                        "spectrum, settings and a verdict): what to open before shipping it")  # fmt: skip
     rp.add_argument("edit_dir", help="the erasure (unsee erase --out DIR)")
     rp.add_argument("--evaluation", "--evaluations", action="append", default=[], metavar="FILE.json",
                     help="unsee evaluate's JSON; repeatable; one of the base model (no --edit) gives preservation a "
