@@ -80,7 +80,7 @@ class Interference:
         head = ["erased concept", "its edit"] + ["ESR-1 base"] * with_base + ["ESR-1 alone", "ESR-1 composed"]
         lines += ["| " + " | ".join(head) + " |", "|---" * len(head) + "|"]
         for c, e in self.esr.items():
-            cells = [c, name[e["edit"]]] + [f"{100 * e['base']:.1f}"] * with_base
+            cells = [c, name[e["edit"]]] + ([f"{100 * e['base']:.1f}"] if with_base else [])
             lines.append("| " + " | ".join(cells + [f"{100 * e['alone']:.1f}", f"{100 * e['composed']:.1f}"]) + " |")
         if not with_base:
             lines += ["", "The base model's ESR-1 was not measured (`base_esr=True`, `unsee compose-report --base-esr`)."]
