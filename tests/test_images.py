@@ -1,4 +1,4 @@
-"""Image folders in: load_image_folder's tensors and its one-line errors."""
+"""Image folders in (load_image_folder's tensors and its one-line errors) and grids out."""
 
 from __future__ import annotations
 
@@ -79,3 +79,14 @@ def test_a_wrong_size_is_named_with_the_expected_one(tmp_path):
     with pytest.raises(ValueError) as err:
         load_image_folder(tmp_path, 32)
     assert "\n" not in str(err.value), "one line"
+
+
+def test_a_title_longer_than_the_grid_wraps_instead_of_being_cut():
+    from unsee.images import image_grid
+
+    images = torch.zeros(2, 3, 8, 8)
+    short = image_grid(images, cols=2, cell=32, title="two cells")
+    long = image_grid(images, cols=2, cell=32, title="a title far wider than two cells of thirty-two pixels each")
+    assert short.width == long.width == 64 and long.height > short.height  # one line more, or several
+    ink = np.asarray(long.convert("L"))[: long.height - short.height + 18] < 128
+    assert ink[18:].any() and not ink[:, -2:].any()  # text below the first line; none runs off the right edge

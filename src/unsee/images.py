@@ -41,7 +41,8 @@ def image_grid(
     title: str | None = None,
     row_labels: Sequence[str] | None = None,
 ) -> Image.Image:
-    """Tile images into a grid, each upscaled to ``cell`` px (nearest) with its label beneath."""
+    """Tile images into a grid, each upscaled to ``cell`` px (nearest) with its label beneath; ``title`` above,
+    wrapped to the grid's width."""
     pil = list(images) if isinstance(images, (list, tuple)) else to_pil(images)
     n = len(pil)
     cols = cols or min(n, 8)
@@ -54,11 +55,12 @@ def image_grid(
     left = 0
     if row_labels:
         left = int(max(probe.textlength(r, font=font) for r in row_labels)) + 8
-    top = 18 if title else 0
+    title_lines = _wrap(title, left + cols * cell - 8, font, probe) if title else []  # a long title wraps, not cut
+    top = 6 + line_h * len(title_lines) if title else 0
     grid = Image.new("RGB", (left + cols * cell, top + rows * (cell + label_h)), "white")
     draw = ImageDraw.Draw(grid)
-    if title:
-        draw.text((4, 3), title, fill="black", font=font)
+    for j, line in enumerate(title_lines):
+        draw.text((4, 3 + j * line_h), line, fill="black", font=font)
     for i, im in enumerate(pil):
         r, c = divmod(i, cols)
         x, y = left + c * cell, top + r * (cell + label_h)
