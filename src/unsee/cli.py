@@ -741,8 +741,8 @@ def _add_compose_report(cr: argparse.ArgumentParser) -> None:
     cr.add_argument("--force", action="store_true", help="compose edits made for another base model")
     cr.add_argument("--workers", type=int, default=min(2, os.cpu_count() or 1), help="models measured at once, each "
                     "on its own copy of the model, the CPU threads shared between them (default 2 where there are 2 "
-                    "cores: the 10-edit report took 107-109 s the first time and 96 s with the base model cached, "
-                    "against 115-122 s and 112-119 s with 1, in two runs; an earlier run had 1 ahead, "
+                    "cores: the 10-edit report took 107-111 s the first time and 96-101 s with the base model cached, "
+                    "against 115-122 s and 107-119 s with 1, in three runs; an earlier run had 1 ahead, "
                     "benchmarks/results/compose.md)")  # fmt: skip
     cr.add_argument("--base-esr", action="store_true", help="also each erased concept's ESR-1 under the base model "
                     "(how often it fails to draw the concept at all): the base model's images of every erased "
