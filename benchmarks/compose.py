@@ -348,9 +348,10 @@ def time_report(out: Path, short: bool = False) -> None:
     fp = fingerprint(pipe)
     edits = timing_edits(pipe, fp, out, short)
     cli = Path(sys.executable).with_name("unsee")
+    # base_esr: the command's default is without it; before 73300b1 the report drew the base model's ESR too
     timing = {"model_fingerprint": fp, "edits": len(edits), "cpus": os.cpu_count(), "by_workers": {},
               "edits_trained": "2 iterations (same tensors, same work)" if short else "the benchmark's",
-              "base_esr": False}  # fmt: skip  # the command's default; before 73300b1 it drew the base model's ESR too
+              "base_esr": False}  # fmt: skip
     for workers in (2, 1):
         with tempfile.TemporaryDirectory() as tmp:
             t = timing["by_workers"][str(workers)] = {}
