@@ -119,10 +119,18 @@ def main() -> None:
     ap.add_argument("--no-escape", action="store_true", help="skip the escape erasure (another process runs it)")
     ap.add_argument("--n", type=int, default=4, help="seeds per prompt")
     ap.add_argument("--quick", action="store_true", help="2 iterations per erasure: checks the script, measures nothing")
+    ap.add_argument("--iterations", type=int, default=None, help="updates per erasure other than the shared settings' "
+                    "(a weaker or stronger erasure, to compare methods at comparable ESR); kept apart per budget and "
+                    "reported by the next run at the shared settings (e.g. --report-only)")  # fmt: skip
     ap.add_argument("--out", default=str(RESULTS / "collapse"))
     args = ap.parse_args()
     torch.set_num_threads(int(os.environ.get("UNSEE_THREADS", "2")))
     common = COMMON | (dict(iterations=2, ddim_steps=2) if args.quick else {})
+    if args.iterations is not None and args.iterations < 1:
+        raise SystemExit(f"--iterations must be at least 1 (got {args.iterations})")
+    tag = "" if args.iterations in (None, common["iterations"]) else f"_it{args.iterations}"
+    if tag:
+        common = common | {"iterations": args.iterations}
     pipe, oracle = load_pipeline("mini"), load_oracle()
     fp = fingerprint(pipe)
     out = Path(args.out)
@@ -135,8 +143,8 @@ def main() -> None:
     results: dict = {}
     for name, concepts in erasures.items():
         for method in args.methods:
-            f = parts / f"{method}_{name}.json"
-            folder = parts / "edits" / f"{method}_{name}"
+            f = parts / f"{method}_{name}{tag}.json"
+            folder = parts / "edits" / f"{method}_{name}{tag}"
             if args.report_only:
                 if f.exists():
                     results.setdefault(method, {})[name] = json.loads(f.read_text())
@@ -151,14 +159,25 @@ def main() -> None:
             if not f.exists() or json.loads(f.read_text()).get("edit_digest") != edit.digest:
                 with edit.applied(pipe):
                     m = measure(pipe, oracle, concepts, args.n, seed=0)
-                res = scores(m, base, concepts) | {"edit_digest": edit.digest, "seconds": edit.info["seconds"]}
+                res = scores(m, base, concepts) | {"edit_digest": edit.digest, "seconds": edit.info["seconds"],
+                                                   "iterations": common["iterations"]}  # fmt: skip
                 f.write_text(json.dumps(res, indent=1))
-                torch.save({c: m[c]["images"][:, 0] for c in concepts}, parts / f"{method}_{name}_images.pt")
+                torch.save({c: m[c]["images"][:, 0] for c in concepts}, parts / f"{method}_{name}{tag}_images.pt")
                 print(method, name, {k: v for k, v in res.items() if isinstance(v, float)}, flush=True)
             results.setdefault(method, {})[name] = json.loads(f.read_text())
+    if tag:  # the report is the shared settings' table; this budget joins it in the next run at those settings
+        print(f"kept under {parts} with the suffix {tag}; write the report with --report-only", flush=True)
+        return
     base_scores = {name: scores(base, base, cs) for name, cs in erasures.items()}
+    budgets: dict = {}  # method -> updates -> the 10-concept erasure's scores, every budget kept
+    for m in args.methods:
+        for f in [parts / f"{m}_10.json", *sorted(parts.glob(f"{m}_10_it*.json"))]:
+            if f.exists():
+                res = json.loads(f.read_text())
+                budgets.setdefault(m, {})[res.get("iterations", COMMON["iterations"])] = res
     report = {"model_fingerprint": fp, "sets": erasures, "settings": {m: SETTINGS[m] for m in args.methods},
-              "common": common, "n": args.n, "base": base_scores, "results": results, "quick": args.quick}  # fmt: skip
+              "common": common, "n": args.n, "base": base_scores, "results": results, "quick": args.quick,
+              "budgets_10": budgets}  # fmt: skip
     md = markdown(report, args)
     plot(report, out.with_suffix(".png"), args)
     grid(pipe, base, parts, erasures, args, out.with_name(out.name + "_grid.png"))
@@ -209,6 +228,25 @@ def markdown(r: dict, args) -> str:
         lines += [f"At 10 concepts, age's collapse index is {a['collapse']:.2f} against neutral's {b['collapse']:.2f} "
                   f"(margin {b['collapse'] - a['collapse']:+.2f}), at ESR-1 {100 * a['ESR-1']:.0f} vs "
                   f"{100 * b['ESR-1']:.0f}.", ""]  # fmt: skip
+    budgets = r.get("budgets_10", {})
+    if any(len(b) > 1 for b in budgets.values()):
+        lines += ["## At comparable erasure: 10 concepts, other numbers of updates", "",
+                  "The same 10-concept erasure with fewer or more updates than the shared settings' (`python "
+                  "benchmarks/collapse.py --sizes 10 --no-escape --methods M --iterations N`): a weaker erasure for the "
+                  "method that erases more, so that two methods' collapse can be read at about the same ESR-1.", "",
+                  "| method | updates | ESR-1 / strict | collapse @10 | concentration @10 |",
+                  "|---|---|---|---|---|"]  # fmt: skip
+        for m, b in budgets.items():
+            for it, v in sorted(b.items(), key=lambda x: int(x[0])):
+                lines.append(f"| {m} | {it} | {100 * v['ESR-1']:.0f} / {100 * v['ESR-1-strict']:.0f} | "
+                             f"{v['collapse']:.2f} | {v['concentration']:.2f} |")  # fmt: skip
+        if "age" in budgets and "neutral" in budgets:
+            for it, a in sorted(budgets["age"].items(), key=lambda x: int(x[0])):
+                nit, n = min(budgets["neutral"].items(), key=lambda x: abs(x[1]["ESR-1"] - a["ESR-1"]))
+                lines += ["", f"age at {it} updates (ESR-1 {100 * a['ESR-1']:.0f}) against neutral at the budget whose "
+                          f"ESR-1 is nearest, {nit} updates (ESR-1 {100 * n['ESR-1']:.0f}): collapse {a['collapse']:.2f} "
+                          f"against {n['collapse']:.2f} (margin {n['collapse'] - a['collapse']:+.2f})."]  # fmt: skip
+        lines.append("")
     if r["quick"]:
         lines.append("**--quick run: 2 iterations per erasure; these numbers measure nothing.**")
     return "\n".join(lines) + "\n"
