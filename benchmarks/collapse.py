@@ -246,10 +246,24 @@ def markdown(r: dict, args) -> str:
                 lines += ["", f"age at {it} updates (ESR-1 {100 * a['ESR-1']:.0f}) against neutral at the budget whose "
                           f"ESR-1 is nearest, {nit} updates (ESR-1 {100 * n['ESR-1']:.0f}): collapse {a['collapse']:.2f} "
                           f"against {n['collapse']:.2f} (margin {n['collapse'] - a['collapse']:+.2f})."]  # fmt: skip
+                at = matched_collapse(budgets["neutral"], a["ESR-1"])
+                if at is not None:
+                    lines[-1] += (f" Neutral's collapse at age's ESR-1, read linearly between its two budgets either side: "
+                                  f"{at:.2f} (margin {at - a['collapse']:+.2f}).")  # fmt: skip
         lines.append("")
     if r["quick"]:
         lines.append("**--quick run: 2 iterations per erasure; these numbers measure nothing.**")
     return "\n".join(lines) + "\n"
+
+
+def matched_collapse(runs: dict, esr: float) -> float | None:
+    """A method's collapse index at ESR-1 ``esr``, linear between its two runs (budgets) whose ESR-1 lie either side
+    of it and are nearest; None where no two runs bracket it."""
+    pts = sorted((v["ESR-1"], v["collapse"]) for v in runs.values())
+    for (e0, c0), (e1, c1) in zip(pts, pts[1:]):
+        if e0 <= esr <= e1 and e1 > e0:
+            return c0 + (c1 - c0) * (esr - e0) / (e1 - e0)
+    return None
 
 
 def plot(r: dict, path: Path, args) -> None:
@@ -258,7 +272,8 @@ def plot(r: dict, path: Path, args) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, axes = plt.subplots(1, 2, figsize=(10, 4))
+    budgets = {m: b for m, b in r.get("budgets_10", {}).items() if len(b) > 1}
+    fig, axes = plt.subplots(1, 3 if budgets else 2, figsize=(15 if budgets else 10, 4))
     for m, res in r["results"].items():
         xs = [k for k in args.sizes if res.get(str(k), {}).get("collapse") is not None]
         axes[0].plot(xs, [res[str(k)]["collapse"] for k in xs], marker="o", label=m)
@@ -267,8 +282,17 @@ def plot(r: dict, path: Path, args) -> None:
     axes[1].plot(args.sizes, [r["base"][str(k)]["concentration"] for k in args.sizes], "k:", label="base")
     axes[0].set(xlabel="concepts erased at once", ylabel="collapse index (1 - D_edit / D_base)", xscale="log")
     axes[1].set(xlabel="concepts erased at once", ylabel="concentration on one oracle label", xscale="log")
-    for ax in axes:
+    for ax in axes[:2]:
         ax.set_xticks(args.sizes, [str(k) for k in args.sizes])
+        ax.legend()
+    if budgets:  # 10 concepts at several numbers of updates: collapse against how much is erased
+        ax = axes[2]
+        for m, b in r["budgets_10"].items():
+            pts = sorted((100 * v["ESR-1"], v["collapse"], it) for it, v in b.items())
+            ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="o", label=m)
+            for x, y, it in pts:
+                ax.annotate(f"{it}", (x, y), textcoords="offset points", xytext=(4, 4), fontsize=7)
+        ax.set(xlabel="ESR-1 (%), 10 concepts", ylabel="collapse index @10", title="labels: updates per erasure")
         ax.legend()
     fig.suptitle(f"Collapse of erased concepts (mini {r['model_fingerprint']})")
     fig.tight_layout()
