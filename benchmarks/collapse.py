@@ -311,6 +311,10 @@ def grid(pipe, base: dict, parts: Path, erasures: dict, args, path: Path) -> Non
             ims = torch.load(f)
             rows.append(torch.stack([ims[c][0] for c in concepts]))
             labels.append(m)
+    if len(rows) < 1 + len(args.methods):  # the images of a run are not kept here: keep the grid drawn with them
+        print(f"grid not redrawn: the images of {len(args.methods) + 1 - len(rows)} of the {name}-concept runs are not "
+              f"under {parts}", flush=True)  # fmt: skip
+        return
     title = f"{name} concepts erased at once: what each erased prompt draws (seed 0)"
     image_grid(torch.cat(rows), [prompts(c)[0] for _ in rows for c in concepts], cols=len(concepts), cell=96,
                row_labels=labels, title=title).save(path)  # fmt: skip
